@@ -1,0 +1,18 @@
+# dp-medbench: reproduce, audit and extend "Benchmarking Differentially Private Residual Networks for
+# Medical Imagery" (Singh, Sikka, Kotti, Trask, 2020). See README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        prepared_outputs(),
+    default_target: True

@@ -1,0 +1,103 @@
+"""Load and validate the workflow configuration against ``workflow/schemas/config.schema.yaml``.
+
+Validation fills in every default, so downstream code never needs ``.get(key, default)``, and reports every
+problem at once with the dotted path of the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Read the schema and inline its local ``#/definitions/...`` references."""
+    with open(path) as fh:
+        schema = yaml.safe_load(fh)
+    definitions = schema.get("definitions", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/definitions/"):
+                merged = copy.deepcopy(definitions[ref.removeprefix("#/definitions/")])
+                merged.update({k: v for k, v in node.items() if k != "$ref"})
+                return inline(merged)
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills in ``default`` values of missing properties before descending."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Mapping, instance: Any, schema: Mapping) -> Iterator:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if name not in instance and "default" in subschema:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
+    return ".".join(parts).replace(".[", "[") or "<top level>"
+
+
+def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``config`` in place, filling defaults; raise :class:`ConfigError` listing every problem.
+
+    >>> cfg = validate_config({"betas": [1, 2]})
+    >>> cfg["image_size"], cfg["datasets"]["aptos"]["test_fraction"]
+    (256, 0.2)
+    """
+    schema = load_schema() if schema is None else schema
+    validator = _Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for err in errors:
+            if err.validator == "additionalProperties":
+                allowed = sorted(err.schema.get("properties", {}))
+                lines.append(f"  {_key_path(err)}: {err.message}; allowed keys: {', '.join(allowed)}")
+            else:
+                lines.append(f"  {_key_path(err)}: {err.message}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: Mapping[str, Any]) -> None:
+    """Rules a JSON schema cannot express."""
+    datasets = config["datasets"]
+    if not any(d["enabled"] for d in datasets.values()):
+        raise ConfigError("invalid configuration:\n  datasets: every dataset is disabled; enable at least one")
+    for name, ds in datasets.items():
+        if ds["enabled"] and ds["source"] == "local" and not ds["archive"]:
+            raise ConfigError(
+                f"invalid configuration:\n  datasets.{name}.archive: source is 'local' but no archive is set; "
+                f"give the path of the downloaded zip or of the folder it was extracted to"
+            )
+
+
+def enabled_datasets(config: Mapping[str, Any]) -> list[str]:
+    """Names of the datasets that take part in the run, in config order."""
+    return [name for name, ds in config["datasets"].items() if ds["enabled"]]

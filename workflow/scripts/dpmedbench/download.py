@@ -1,0 +1,163 @@
+"""Downloads: HTTPS with resume, progress and checksums; Kaggle through the official ``kagglehub`` client.
+
+Nothing is ever left under the final name unless it is complete and its checksum (when one is known)
+matches: HTTP downloads grow ``<name>.part`` and are renamed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from .errors import ChecksumError, CredentialsError, DownloadError
+from .fileio import file_digest
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+def _total_size(response: requests.Response, offset: int) -> int | None:
+    if response.status_code == 206 and (cr := response.headers.get("Content-Range")):
+        total = cr.rsplit("/", 1)[-1]
+        return int(total) if total.isdigit() else None
+    if (cl := response.headers.get("Content-Length")) and cl.isdigit():
+        return int(cl) + (offset if response.status_code == 206 else 0)
+    return None
+
+
+def http_download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    retries: int = 5,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+    progress_every: float = 10.0,
+    backoff: float = 2.0,
+) -> Path:
+    """Download ``url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request.
+
+    Connection drops are retried (up to ``retries`` times, resuming each time). When ``sha256`` or ``md5``
+    is given the file is checked before it takes its final name; a mismatch deletes the partial file and
+    raises :class:`ChecksumError`. An existing ``dest`` is checked and reused.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        log.info("%s already downloaded; verifying", dest)
+        _verify(dest, sha256=sha256, md5=md5, url=url, delete=False)
+        return dest
+    attempt = 0
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                if r.status_code == 416 and offset:
+                    log.info("server says %s is already complete", part)
+                    break
+                if r.status_code not in (200, 206):
+                    raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")
+                if r.status_code == 200 and offset:
+                    log.info("server ignored the Range request; restarting %s from zero", dest.name)
+                    offset = 0
+                total = _total_size(r, offset)
+                if offset:
+                    log.info("resuming %s at %.1f MB", dest.name, offset / 1e6)
+                done, last = offset, time.monotonic()
+                with open(part, "ab" if offset else "wb") as fh:
+                    for chunk in r.iter_content(chunk_size=chunk_size):
+                        fh.write(chunk)
+                        done += len(chunk)
+                        if time.monotonic() - last >= progress_every:
+                            last = time.monotonic()
+                            pct = f" ({100 * done / total:.1f}%)" if total else ""
+                            log.info("%s: %.1f MB%s", dest.name, done / 1e6, pct)
+                if total is not None and done != total:
+                    raise requests.exceptions.ChunkedEncodingError(f"got {done} of {total} bytes")
+            break
+        except _RETRYABLE as exc:
+            attempt += 1
+            if attempt > retries:
+                raise DownloadError(
+                    f"{url}: download failed after {retries} retries ({exc}); rerun to resume from {part}"
+                ) from exc
+            log.warning("connection problem (%s); resuming, attempt %d of %d", exc, attempt, retries)
+            time.sleep(backoff * attempt)
+    _verify(part, sha256=sha256, md5=md5, url=url, delete=True)
+    os.replace(part, dest)
+    log.info("downloaded %s (%.1f MB)", dest, dest.stat().st_size / 1e6)
+    return dest
+
+
+def _verify(path: Path, *, sha256: str | None, md5: str | None, url: str, delete: bool) -> None:
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected is None:
+            continue
+        actual = file_digest(path, algorithm)
+        if actual != expected.lower():
+            if delete:
+                path.unlink()
+            raise ChecksumError(
+                f"{path}: {algorithm} is {actual}, expected {expected} (from {url}); "
+                + ("the partial download was deleted, rerun to download again" if delete
+                   else "delete the file to download it again")
+            )
+
+
+# -------------------------------------------------------------------------------------------------- Kaggle
+KAGGLE = {
+    "chest_xray": ("dataset", "paultimothymooney/chest-xray-pneumonia"),
+    "aptos": ("competition", "aptos2019-blindness-detection"),
+}
+
+_NO_CREDENTIALS = (
+    "no Kaggle credentials found. Create an API token on https://www.kaggle.com/settings (section 'API'), "
+    "then either save it as ~/.kaggle/access_token (or the legacy kaggle.json as ~/.kaggle/kaggle.json, "
+    "chmod 600), or export KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY. On a cluster, fetch on a "
+    "login node: download rules run locally. Or download the archive yourself and use source: local."
+)
+
+
+def kaggle_download(dataset: str, output_dir: str | os.PathLike[str], *, client: Callable[..., str] | None = None) -> Path:
+    """Download a dataset's Kaggle archive with ``kagglehub`` into ``output_dir`` (extracted).
+
+    Credentials are checked before any network access; HTTP 401/403/404 answers are turned into errors
+    that say what to do (for APTOS, 403 almost always means the competition rules were not accepted).
+    ``client`` replaces the kagglehub download function (tests).
+    """
+    kind, handle = KAGGLE[dataset]
+    import kagglehub
+    from kagglehub.config import get_kaggle_credentials
+
+    if client is None:
+        if get_kaggle_credentials() is None:
+            raise CredentialsError(f"{dataset}: {_NO_CREDENTIALS}")
+        client = kagglehub.competition_download if kind == "competition" else kagglehub.dataset_download
+    page = f"https://www.kaggle.com/{'competitions' if kind == 'competition' else 'datasets'}/{handle}"
+    log.info("downloading Kaggle %s %s into %s", kind, handle, output_dir)
+    try:
+        path = client(handle, output_dir=str(output_dir))
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise CredentialsError(f"{dataset}: Kaggle rejected the credentials (HTTP 401). {_NO_CREDENTIALS}") from exc
+        if status == 403:
+            hint = (
+                f"accept the competition rules at {page}/rules while logged in with the account of your API "
+                f"token, then rerun" if kind == "competition" else f"check that {page} is visible to your account"
+            )
+            raise CredentialsError(f"{dataset}: Kaggle refused access to {handle} (HTTP 403): {hint}") from exc
+        if status == 404:
+            raise DownloadError(f"{dataset}: Kaggle has no {kind} {handle} (HTTP 404); see {page}") from exc
+        raise DownloadError(f"{dataset}: Kaggle download of {handle} failed: {exc}") from exc
+    return Path(path)

@@ -1,0 +1,31 @@
+"""Exceptions with messages meant for the person running the pipeline."""
+
+from __future__ import annotations
+
+
+class DPMedBenchError(Exception):
+    """Base class: the message says what went wrong, where, and what to do."""
+
+
+class ConfigError(DPMedBenchError):
+    """A configuration value is missing, misspelt or out of range."""
+
+
+class LayoutError(DPMedBenchError):
+    """An archive is not laid out as the real dataset is."""
+
+
+class ImageError(DPMedBenchError):
+    """An image cannot be decoded."""
+
+
+class DownloadError(DPMedBenchError):
+    """A download failed, or what arrived is not what was expected."""
+
+
+class ChecksumError(DownloadError):
+    """A file's checksum differs from the expected one."""
+
+
+class CredentialsError(DownloadError):
+    """Credentials are missing, invalid, or lack permission (e.g. unaccepted competition rules)."""

@@ -1,0 +1,18 @@
+"""Snakemake adapter: fetch a dataset's archive and record its SHA-256 (dpmedbench.sources.fetch)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dpmedbench.logs import run_logged  # noqa: E402
+from dpmedbench.sources import fetch  # noqa: E402
+
+run_logged(
+    snakemake.log[0],  # noqa: F821
+    fetch,
+    dataset=snakemake.wildcards.dataset,  # noqa: F821
+    settings=snakemake.params.settings,  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
+    out_json=snakemake.output[0],  # noqa: F821
+)
