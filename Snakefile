@@ -13,6 +13,6 @@ include: "workflow/rules/data.smk"
 
 
 rule all:
+    default_target: True
     input:
         prepared_outputs(),
-    default_target: True

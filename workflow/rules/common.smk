@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from dpmedbench.config import enabled_datasets, validate_config  # noqa: E402
+from dpmedbench.config import canonical, enabled_datasets, validate_config  # noqa: E402
 from dpmedbench.digest import code_digest  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.prepare import SPLITS  # noqa: E402
@@ -22,7 +22,9 @@ PREPARE_KEYS = {
 }
 # The modules each stage runs: their digests are params, so editing one reruns exactly those jobs.
 FETCH_CODE = code_digest("sources", "download", "synth", "medmnist", "fileio")
-PREPARE_CODE = code_digest("prepare", "archive", "layouts", "splits", "imaging", "medmnist", "fileio")
+PREPARE_CODE = code_digest(
+    "prepare", "archive", "layouts", "splits", "imaging", "medmnist", "fileio"
+)
 
 
 wildcard_constraints:
@@ -32,7 +34,7 @@ wildcard_constraints:
 def fetch_settings(wildcards):
     """The part of datasets.<name> that decides which archive is used (and nothing else)."""
     ds = config["datasets"][wildcards.dataset]
-    return {key: ds[key] for key in FETCH_KEYS if key in ds}
+    return canonical({key: ds[key] for key in FETCH_KEYS if key in ds})
 
 
 def local_archive(wildcards):
@@ -43,7 +45,7 @@ def local_archive(wildcards):
 
 def prepare_settings(wildcards):
     ds = config["datasets"][wildcards.dataset]
-    return {key: ds[key] for key in PREPARE_KEYS[wildcards.dataset]}
+    return canonical({key: ds[key] for key in PREPARE_KEYS[wildcards.dataset]})
 
 
 def prepared_outputs():

@@ -13,12 +13,12 @@ rule fetch:
         "data/raw/{dataset}/source.json",
     log:
         "logs/fetch/{dataset}.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         settings=fetch_settings,
         seed=config["seed"],
         code=FETCH_CODE,
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/fetch.py"
 
@@ -32,14 +32,14 @@ rule prepare:
         info="data/prepared/{dataset}/info.json",
     log:
         "logs/prepare/{dataset}.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 8
     params:
         image_size=config["image_size"],
         resize_mode=config["resize_mode"],
         seed=config["seed"],
         split=prepare_settings,
         code=PREPARE_CODE,
-    threads: 8
-    conda:
-        "../../envs/data.yaml"
     script:
         "../scripts/prepare.py"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged  # noqa: E402
-from dpmedbench.prepare import prepare_dataset  # noqa: E402
+from dpmedbench.logs import run_logged
+from dpmedbench.prepare import prepare_dataset
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -25,11 +25,10 @@ def is_debris(member: str) -> bool:
 
 
 class Archive:
-    """A zip file or a folder, read-only.
+    """A zip file or a folder, read-only. Example::
 
-    >>> arc = Archive("chest-xray-pneumonia.zip")  # doctest: +SKIP
-    >>> arc.read("chest_xray/test/NORMAL/IM-0001-0001.jpeg")[:2]  # doctest: +SKIP
-    b'\\xff\\xd8'
+    with Archive("chest-xray-pneumonia.zip") as arc:
+        jpeg = arc.read("chest_xray/test/NORMAL/IM-0001-0001.jpeg")
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -41,7 +40,9 @@ class Archive:
             try:
                 self._zip = zipfile.ZipFile(self.path)
             except zipfile.BadZipFile as exc:
-                raise LayoutError(f"{self.path}: not a zip archive ({exc}); give a .zip or an extracted folder") from exc
+                raise LayoutError(
+                    f"{self.path}: not a zip archive ({exc}); give a .zip or an extracted folder"
+                ) from exc
             files = (i.filename for i in self._zip.infolist() if not i.is_dir())
         else:
             raise LayoutError(f"{self.path}: no such file or folder")

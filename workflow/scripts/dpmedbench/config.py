@@ -101,3 +101,19 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
 def enabled_datasets(config: Mapping[str, Any]) -> list[str]:
     """Names of the datasets that take part in the run, in config order."""
     return [name for name, ds in config["datasets"].items() if ds["enabled"]]
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys sorted, recursively.
+
+    Snakemake compares ``params`` by their text, so the same settings written in another key order (as a
+    YAML dump or a hand edit can produce) would otherwise count as changed and rerun whole stages.
+
+    >>> canonical({"b": 1, "a": {"d": 2, "c": 3}})
+    {'a': {'c': 3, 'd': 2}, 'b': 1}
+    """
+    if isinstance(value, Mapping):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value

@@ -39,7 +39,7 @@ def http_download(
     md5: str | None = None,
     retries: int = 5,
     timeout: float = 60.0,
-    chunk_size: int = 1 << 20,
+    chunk_size: int = 1 << 18,
     progress_every: float = 10.0,
     backoff: float = 2.0,
 ) -> Path:
@@ -109,8 +109,11 @@ def _verify(path: Path, *, sha256: str | None, md5: str | None, url: str, delete
                 path.unlink()
             raise ChecksumError(
                 f"{path}: {algorithm} is {actual}, expected {expected} (from {url}); "
-                + ("the partial download was deleted, rerun to download again" if delete
-                   else "delete the file to download it again")
+                + (
+                    "the partial download was deleted, rerun to download again"
+                    if delete
+                    else "delete the file to download it again"
+                )
             )
 
 
@@ -128,7 +131,9 @@ _NO_CREDENTIALS = (
 )
 
 
-def kaggle_download(dataset: str, output_dir: str | os.PathLike[str], *, client: Callable[..., str] | None = None) -> Path:
+def kaggle_download(
+    dataset: str, output_dir: str | os.PathLike[str], *, client: Callable[..., str] | None = None
+) -> Path:
     """Download a dataset's Kaggle archive with ``kagglehub`` into ``output_dir`` (extracted).
 
     Credentials are checked before any network access; HTTP 401/403/404 answers are turned into errors
@@ -154,7 +159,9 @@ def kaggle_download(dataset: str, output_dir: str | os.PathLike[str], *, client:
         if status == 403:
             hint = (
                 f"accept the competition rules at {page}/rules while logged in with the account of your API "
-                f"token, then rerun" if kind == "competition" else f"check that {page} is visible to your account"
+                f"token, then rerun"
+                if kind == "competition"
+                else f"check that {page} is visible to your account"
             )
             raise CredentialsError(f"{dataset}: Kaggle refused access to {handle} (HTTP 403): {hint}") from exc
         if status == 404:

@@ -25,10 +25,12 @@ def _tmp_name(path: Path) -> Path:
 def atomic_outputs(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
     """Yield temporary paths for ``paths``; rename them all into place only if the block succeeds.
 
-    On any exception every temporary file is removed and no final path is touched.
+    On any exception every temporary file is removed and no final path is touched. Example::
 
-    >>> with atomic_outputs("a.txt") as (tmp,):  # doctest: +SKIP
-    ...     tmp.write_text("done")
+        with atomic_outputs("train.npy", "train.csv") as (npy, csv):
+            with open(npy, "wb") as fh:  # np.save(path) would append ".npy" to the temporary name
+                np.save(fh, array)
+            csv.write_text(manifest)
     """
     finals = [Path(p) for p in paths]
     tmps = [_tmp_name(p) for p in finals]

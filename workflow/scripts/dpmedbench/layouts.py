@@ -82,11 +82,7 @@ def read_chest_xray(archive: Archive) -> Inventory:
         if split in {"train", "val", "test"} and cls in CHEST_CLASSES:
             root = "/".join(p.parts[:-3])
             by_root[root].append((member, split, cls))
-    complete = {
-        root: items
-        for root, items in by_root.items()
-        if {"train", "test"} <= {split for _, split, _ in items}
-    }
+    complete = {root: items for root, items in by_root.items() if {"train", "test"} <= {split for _, split, _ in items}}
     if not complete:
         top = sorted({m.split("/")[0] for m in archive.members})[:10]
         raise LayoutError(

@@ -59,7 +59,7 @@ def load_npz(path: str, n_classes: int) -> dict[str, tuple[np.ndarray, np.ndarra
     """``{split: (images uint8 (N, H, W, C), labels int64 (N,))}`` from a MedMNIST ``.npz``."""
     try:
         npz = np.load(path)
-    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for a bad file
+    except Exception as exc:
         raise LayoutError(f"{path}: not a readable .npz file ({exc})") from exc
     out = {}
     with npz:

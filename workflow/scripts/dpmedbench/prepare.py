@@ -74,7 +74,10 @@ def assign_splits(
         else:
             pool = [r for r in records if r.origin in {"train", "val"}]
             held = stratified_group_holdout(
-                [r.label for r in pool], [r.group for r in pool], fraction=val_fraction, seed=seed,
+                [r.label for r in pool],
+                [r.group for r in pool],
+                fraction=val_fraction,
+                seed=seed,
                 what="chest_xray training pool",
             )
             train = [r for r, h in zip(pool, held, strict=True) if not h]
@@ -84,7 +87,10 @@ def assign_splits(
         test = [r for r, t in zip(records, is_test, strict=True) if t]
         pool = [r for r, t in zip(records, is_test, strict=True) if not t]
         held = stratified_group_holdout(
-            [r.label for r in pool], [r.group for r in pool], fraction=val_fraction, seed=seed,
+            [r.label for r in pool],
+            [r.group for r in pool],
+            fraction=val_fraction,
+            seed=seed,
             what="aptos training pool",
         )
         train = [r for r, h in zip(pool, held, strict=True) if not h]
@@ -141,8 +147,9 @@ def resize_array(images: np.ndarray, *, size: int, channels: int, mode: ResizeMo
     """Resize already decoded images (MedMNIST) to ``(N, size, size, channels)``."""
     out = np.empty((len(images), size, size, channels), dtype=np.uint8)
     for i, img in enumerate(images):
-        out[i] = resize_loaded(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), size=size,
-                               channels=channels, mode=mode)
+        out[i] = resize_loaded(
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), size=size, channels=channels, mode=mode
+        )
     return out
 
 
@@ -166,6 +173,11 @@ def output_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
     return [out_dir / f"{s}.{ext}" for s in SPLITS for ext in ("npy", "csv")] + [out_dir / "info.json"]
 
 
+def is_medmnist(source: Mapping[str, Any]) -> bool:
+    """A MedMNIST download, or a local ``.npz`` in MedMNIST's format."""
+    return source["source"] == "medmnist" or str(source["path"]).lower().endswith(".npz")
+
+
 def prepare_dataset(
     *,
     dataset: str,
@@ -186,7 +198,7 @@ def prepare_dataset(
     log.info("%s: preparing from %s (%s)", dataset, source["path"], source["source"])
     with atomic_outputs(*paths) as tmps:
         tmp = dict(zip((p.name for p in paths), tmps, strict=True))
-        if source["source"] == "medmnist":
+        if is_medmnist(source):
             info = _prepare_medmnist(dataset, source, tmp, image_size=image_size, channels=channels, mode=resize_mode)
         else:
             archive = Archive(source["path"])
@@ -195,14 +207,20 @@ def prepare_dataset(
                 for note in inventory.notes:
                     log.info("%s: %s", dataset, note)
                 splits = assign_splits(
-                    dataset, inventory, seed=seed, val_fraction=val_fraction,
-                    test_fraction=test_fraction, official_val=official_val,
+                    dataset,
+                    inventory,
+                    seed=seed,
+                    val_fraction=val_fraction,
+                    test_fraction=test_fraction,
+                    official_val=official_val,
                 )
                 for split in SPLITS:
                     records = sorted(splits[split], key=lambda r: r.source)
                     log.info("%s/%s: %d images %s", dataset, split, len(records), _counts(records, inventory.classes))
                     arr = np.lib.format.open_memmap(
-                        tmp[f"{split}.npy"], mode="w+", dtype=np.uint8,
+                        tmp[f"{split}.npy"],
+                        mode="w+",
+                        dtype=np.uint8,
                         shape=(len(records), image_size, image_size, channels),
                     )
                     decode_members(archive, [r.source for r in records], arr, mode=resize_mode, threads=threads)
@@ -222,8 +240,14 @@ def prepare_dataset(
             "channels": channels,
             "resize_mode": resize_mode,
             **info,
-            "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "official_val": official_val} if source["source"] != "medmnist" else {"official": True},
+            "split": {"official": True}
+            if is_medmnist(source)
+            else {
+                "seed": seed,
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "official_val": official_val,
+            },
             "source": source,
             "dpmedbench_version": __version__,
         }
@@ -233,7 +257,13 @@ def prepare_dataset(
 
 
 def _prepare_medmnist(
-    dataset: str, source: Mapping[str, Any], tmp: Mapping[str, Path], *, image_size: int, channels: int, mode: ResizeMode
+    dataset: str,
+    source: Mapping[str, Any],
+    tmp: Mapping[str, Path],
+    *,
+    image_size: int,
+    channels: int,
+    mode: ResizeMode,
 ) -> dict[str, Any]:
     meta = MEDMNIST[dataset]
     data = load_npz(source["path"], len(meta.classes))

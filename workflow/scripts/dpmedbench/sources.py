@@ -50,14 +50,20 @@ def _demo(dataset: str, cfg: Mapping[str, Any], raw_dir: Path, seed: int) -> tup
     demo = cfg["demo"]
     if dataset == "chest_xray":
         path = synth.make_chest_archive(
-            raw_dir / f"demo-{demo['layout']}.zip", layout=demo["layout"], seed=seed,
-            patients_per_class=demo["patients_per_class"], test_per_class=demo["test_per_class"],
+            raw_dir / f"demo-{demo['layout']}.zip",
+            layout=demo["layout"],
+            seed=seed,
+            patients_per_class=demo["patients_per_class"],
+            test_per_class=demo["test_per_class"],
             image_sides=tuple(demo["image_sides"]),
         )
         return path, f"generated demo archive ({demo['layout']} layout, synthetic images)"
     path = synth.make_aptos_archive(
-        raw_dir / "demo-kaggle.zip", seed=seed, images_per_grade=demo["images_per_grade"],
-        unlabelled_test_images=demo["unlabelled_test_images"], image_sides=tuple(demo["image_sides"]),
+        raw_dir / "demo-kaggle.zip",
+        seed=seed,
+        images_per_grade=demo["images_per_grade"],
+        unlabelled_test_images=demo["unlabelled_test_images"],
+        image_sides=tuple(demo["image_sides"]),
     )
     return path, "generated demo archive (Kaggle competition layout, synthetic images)"
 
@@ -92,9 +98,7 @@ def fetch(*, dataset: str, settings: Mapping[str, Any], seed: int, out_json: str
     digest = source_digest(path)
     expected = settings.get("sha256")
     if expected and digest["sha256"] != expected:
-        raise ChecksumError(
-            f"{path}: SHA-256 is {digest['sha256']}, but datasets.{dataset}.sha256 expects {expected}"
-        )
+        raise ChecksumError(f"{path}: SHA-256 is {digest['sha256']}, but datasets.{dataset}.sha256 expects {expected}")
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     record = {
         "dataset": dataset,
@@ -103,7 +107,7 @@ def fetch(*, dataset: str, settings: Mapping[str, Any], seed: int, out_json: str
         **digest,
         "size_bytes": size,
         "origin": origin,
-        "recorded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     write_json(out_json, record)
     log.info("%s: %s sha256=%s (%s)", dataset, record["path"], digest["sha256"], digest["sha256_of"])

@@ -128,8 +128,11 @@ def make_chest_archive(
     if layout not in {"kaggle", "mendeley"}:
         raise ValueError(f"unknown chest X-ray layout {layout!r}")
     files = chest_files(
-        patients_per_class=patients_per_class, test_per_class=test_per_class,
-        val_per_class=2 if layout == "kaggle" else 0, sides=tuple(image_sides), seed=seed,  # type: ignore[arg-type]
+        patients_per_class=patients_per_class,
+        test_per_class=test_per_class,
+        val_per_class=2 if layout == "kaggle" else 0,
+        sides=tuple(image_sides),
+        seed=seed,  # type: ignore[arg-type]
     )
     entries: dict[str, bytes] = {f"chest_xray/{k}": v for k, v in files.items()}
     debris_root = "chest_xray/__MACOSX/chest_xray" if layout == "kaggle" else "__MACOSX/chest_xray"

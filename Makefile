@@ -1,0 +1,34 @@
+# dp-medbench: the two set-up commands of the README, plus lint and benchmarks.
+#   make demo   install into .venv and run the workflow on the built-in demo
+#   make test   install into .venv and run lint + the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CORES  ?= all
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules/
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	PYTHONPATH=workflow/scripts $(BIN)/python -m dpmedbench.bench resize
+
+clean:
+	rm -rf .snakemake data/prepared data/raw logs results

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from dpmedbench.config import enabled_datasets, load_schema, validate_config
+from dpmedbench.errors import ConfigError
+
+from .conftest import REPO
+
+
+def test_empty_config_gets_every_default():
+    cfg = validate_config({})
+    assert cfg["betas"] == [1, 2, 4] and cfg["seeds"] == [0] and cfg["mechanisms"] == ["none", "ldp", "dpsgd"]
+    assert cfg["image_size"] == 256 and cfg["seed"] == 42
+    assert cfg["datasets"]["chest_xray"]["val_fraction"] == 0.1
+    assert cfg["datasets"]["chest_xray"]["official_val"] == "train"
+    assert cfg["datasets"]["aptos"]["test_fraction"] == 0.2
+    assert cfg["datasets"]["aptos"]["demo"]["images_per_grade"] == 12
+    assert enabled_datasets(cfg) == ["chest_xray", "aptos"]
+
+
+def test_defaults_are_not_shared_between_configs():
+    a, b = validate_config({}), validate_config({})
+    a["datasets"]["chest_xray"]["demo"]["image_sides"].append(1)
+    assert b["datasets"]["chest_xray"]["demo"]["image_sides"] == [64, 160]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"betaz": [1]}, "<top level>: Additional properties are not allowed ('betaz' was unexpected)"),
+        ({"datasets": {"chest_xray": {"val_fracton": 0.1}}}, "datasets.chest_xray: Additional properties"),
+        ({"datasets": {"aptos": {"source": "mendeley"}}}, "datasets.aptos.source: 'mendeley' is not one of"),
+        ({"datasets": {"aptos": {"val_fraction": 0.9}}}, "datasets.aptos.val_fraction: 0.9 is greater than"),
+        ({"betas": [1, -2]}, "betas[1]: -2 is less than or equal to the minimum of 0"),
+        ({"image_size": "256"}, "image_size: '256' is not of type 'integer'"),
+        ({"mechanisms": ["none", "dp"]}, "mechanisms[1]: 'dp' is not one of"),
+        ({"datasets": {"chest_xray": {"sha256": "abc"}}}, "datasets.chest_xray.sha256: 'abc' does not match"),
+    ],
+)
+def test_bad_values_are_rejected_with_their_key_path(config, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert expected in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate_config({"betaz": 1, "image_size": 3})
+    assert "betaz" in str(err.value) and "image_size: 3" in str(err.value)
+
+
+def test_local_source_needs_an_archive():
+    with pytest.raises(ConfigError, match=r"datasets.aptos.archive: source is 'local' but no archive"):
+        validate_config({"datasets": {"aptos": {"source": "local"}}})
+
+
+def test_at_least_one_dataset_is_enabled():
+    with pytest.raises(ConfigError, match="every dataset is disabled"):
+        validate_config({"datasets": {"aptos": {"enabled": False}, "chest_xray": {"enabled": False}}})
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config/demo.yaml", "config/medmnist.yaml"])
+def test_shipped_configs_are_valid(name):
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    override = yaml.safe_load((REPO / name).read_text())
+    merged = copy.deepcopy(base)
+    _deep_update(merged, override)  # as Snakemake merges --configfile over config.yaml
+    validate_config(merged)
+
+
+def _deep_update(a: dict, b: dict) -> None:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _deep_update(a[k], v)
+        else:
+            a[k] = v
+
+
+def _walk(schema: dict, path: str = ""):
+    for name, sub in schema.get("properties", {}).items():
+        yield f"{path}{name}", sub
+        yield from _walk(sub, f"{path}{name}.")
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    schema = load_schema()
+    assert schema["additionalProperties"] is False
+    keys = list(_walk(schema))
+    assert len(keys) > 25
+    for key, sub in keys:
+        assert sub.get("description"), f"{key} has no description"
+        assert "default" in sub, f"{key} has no default"
+        if sub.get("type") == "object":
+            assert sub.get("additionalProperties") is False, f"{key} accepts unknown keys"

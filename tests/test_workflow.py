@@ -1,0 +1,178 @@
+"""End-to-end runs of the real Snakemake workflow, in a copy of the repository, on generated archives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from dpmedbench import synth
+
+from .conftest import REPO, extract, rewrite_zip
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A copy of what a clone holds: Snakefile, configs, workflow, envs."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for name in ("config", "workflow", "envs"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--cores", "2", *args]
+    if config is not None:
+        (workdir / "test.yaml").write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", "test.yaml"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def check_prepared(workdir: Path, dataset: str, size: int, channels: int) -> dict:
+    out = workdir / "data" / "prepared" / dataset
+    info = json.loads((out / "info.json").read_text())
+    for split in ("train", "val", "test"):
+        arr = np.load(out / f"{split}.npy", mmap_mode="r")
+        man = pd.read_csv(out / f"{split}.csv")
+        assert arr.shape == (len(man), size, size, channels) and arr.dtype == np.uint8
+        assert len(man) == sum(info["counts"][split].values()) > 0
+    assert info["source"]["sha256"] and len(info["source"]["sha256"]) == 64
+    return info
+
+
+def test_demo_config_prepares_both_datasets_and_then_has_nothing_to_do(workdir):
+    snakemake(workdir, "--configfile", "config/demo.yaml")
+    chest = check_prepared(workdir, "chest_xray", 48, 1)
+    aptos = check_prepared(workdir, "aptos", 48, 3)
+    assert any("duplicate tree" in n for n in chest["notes"])
+    assert any("test_images" in n for n in aptos["notes"])
+    assert chest["source"]["source"] == "demo" and (workdir / "logs" / "prepare" / "chest_xray.log").exists()
+    again = snakemake(workdir, "--configfile", "config/demo.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from a dry run's summary table."""
+    text = proc.stdout + proc.stderr
+    counts, in_table = {}, False
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+        elif in_table and parts and parts[0] == "total":
+            break
+    return counts
+
+
+def _wildcards(proc: subprocess.CompletedProcess) -> set[str]:
+    return {line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("wildcards:")}
+
+
+def test_a_split_setting_reruns_only_that_dataset(workdir):
+    snakemake(workdir, "--configfile", "config/demo.yaml")
+    demo = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
+    demo["datasets"]["aptos"]["val_fraction"] = 0.2
+    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "prepare": 1}
+    dry = snakemake(workdir, "-n", config=demo)
+    assert _wildcards(dry) == {"dataset=aptos"}
+    demo["image_size"] = 40  # touches both datasets, but no download
+    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "prepare": 2}
+
+
+def test_real_layouts_from_local_zip_and_folder(workdir, tmp_path):
+    chest = synth.make_chest_archive(tmp_path / "ChestXRay2017.zip", layout="mendeley", patients_per_class=6, seed=3)
+    aptos = synth.make_aptos_archive(tmp_path / "aptos.zip", images_per_grade=6, seed=4)
+    aptos_dir = extract(aptos, tmp_path / "aptos2019-blindness-detection")
+    config = {
+        "image_size": 32,
+        "resize_mode": "pad",
+        "datasets": {
+            "chest_xray": {"source": "local", "archive": str(chest)},
+            "aptos": {"source": "local", "archive": str(aptos_dir)},
+        },
+    }
+    snakemake(workdir, config=config)
+    info = check_prepared(workdir, "chest_xray", 32, 1)
+    assert (workdir / info["source"]["path"]).resolve() == chest.resolve() and info["resize_mode"] == "pad"
+    info = check_prepared(workdir, "aptos", 32, 3)
+    assert info["source"]["sha256_of"].startswith("folder listing")
+
+
+def test_medmnist_npz_as_a_local_file(workdir, tmp_path):
+    npz = synth.make_medmnist_npz(tmp_path / "pneumoniamnist_64.npz", dataset="chest_xray", n=(10, 4, 4), side=64)
+    config = {
+        "image_size": 32,
+        "datasets": {"chest_xray": {"source": "local", "archive": str(npz)}, "aptos": {"enabled": False}},
+    }
+    snakemake(workdir, config=config)
+    info = check_prepared(workdir, "chest_xray", 32, 1)
+    assert info["split"] == {"official": True} and not (workdir / "data" / "prepared" / "aptos").exists()
+
+
+def test_bad_config_stops_before_any_job(workdir):
+    proc = snakemake(workdir, "-n", config={"datasets": {"aptos": {"val_fracton": 0.1}}}, check=False)
+    assert proc.returncode != 0
+    assert "datasets.aptos: Additional properties are not allowed ('val_fracton' was unexpected)" in proc.stderr
+
+
+def test_corrupt_image_fails_with_its_name_and_no_output(workdir, tmp_path):
+    aptos = synth.make_aptos_archive(tmp_path / "aptos.zip", images_per_grade=6, seed=4)
+    with zipfile.ZipFile(aptos) as zf:
+        victim = sorted(n for n in zf.namelist() if n.startswith("train_images/"))[3]
+    bad = rewrite_zip(aptos, tmp_path / "broken.zip", {victim: b"\x89PNG\r\n\x1a\n truncated"})
+    config = {
+        "image_size": 32,
+        "datasets": {"aptos": {"source": "local", "archive": str(bad)}, "chest_xray": {"enabled": False}},
+    }
+    proc = snakemake(workdir, config=config, check=False)
+    assert proc.returncode != 0
+    log = (workdir / "logs" / "prepare" / "aptos.log").read_text()
+    assert f"broken.zip:{victim}: cannot decode image" in log
+    assert f"broken.zip:{victim}: cannot decode image" in proc.stderr
+    prepared = workdir / "data" / "prepared" / "aptos"
+    assert not prepared.exists() or list(prepared.iterdir()) == []
+
+
+def test_missing_kaggle_credentials_fail_the_fetch_with_instructions(workdir, tmp_path):
+    env_home = tmp_path / "home"
+    env_home.mkdir()
+    config = {"datasets": {"aptos": {"source": "kaggle"}, "chest_xray": {"enabled": False}}}
+    (workdir / "test.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(HOME=str(env_home), KAGGLE_CONFIG_DIR=str(env_home / ".kaggle"))
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--cores", "1", "--configfile", "test.yaml"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "aptos: no Kaggle credentials found" in proc.stderr
+    assert not (workdir / "data" / "raw" / "aptos" / "source.json").exists()
+
+
+def test_lint_is_clean(workdir):
+    proc = snakemake(workdir, "--lint", "--configfile", "config/demo.yaml", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr

@@ -1,0 +1,129 @@
+"""Benchmarks that print figures (not tests). Run ``make bench`` or::
+
+    PYTHONPATH=workflow/scripts python -m dpmedbench.bench resize [--images 60] [--size 256] [--folder DIR]
+
+``resize`` times the data stage's decode+resize path against two naive paths on the same images, one
+process each, and prints images/s, the ratios and the PSNR between fast and naive outputs:
+
+* ``naive RGB``: ``Image.open().convert("RGB").resize(LANCZOS)``, what torchvision's ``ImageFolder``
+  loader (used by the authors) does before any transform;
+* ``naive same``: ``Image.open().convert(<output mode>).resize(LANCZOS)`` of the same crop box, a stricter
+  baseline that already converts X-rays to one channel.
+
+Without ``--folder`` it uses synthetic X-ray JPEGs with the sizes and file sizes of the real ones
+(1000-2400 px, ~150-250 KB, greyscale with some stored as RGB) and fundus PNGs (1600-2400 px wide); with
+``--folder`` it uses the .jpeg/.jpg/.png files found there (e.g. a few hundred real images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .imaging import decode_resized, decode_resized_naive
+from .synth import chest_image, fundus_image
+
+
+def synthetic_images(kind: str, n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        if kind == "xray-jpeg":
+            # Real radiographs are smooth: draw at a quarter of the size, upsample, add mild noise. This
+            # gives JPEGs of ~150-250 KB like the Kermany files (1.2 GB for 5,856 images).
+            w, h = int(rng.integers(1000, 2400)), int(rng.integers(900, 2200))
+            small = Image.fromarray(chest_image(rng, w // 4, h // 4, bool(i % 2)), "L")
+            arr = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+            arr = np.clip(arr + rng.normal(0, 1.5, arr.shape), 0, 255).astype(np.uint8)
+            im = Image.fromarray(arr, "L")
+            (im.convert("RGB") if i % 7 == 0 else im).save(buf, format="JPEG", quality=92)
+        else:
+            w = int(rng.integers(1600, 2400))
+            Image.fromarray(fundus_image(rng, w, int(w * 0.7), i % 5), "RGB").save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _rate(fn: Callable[..., np.ndarray], images: list[bytes], **kw: object) -> tuple[float, list[np.ndarray]]:
+    start = time.perf_counter()
+    outs = [fn(data, **kw) for data in images]
+    return len(images) / (time.perf_counter() - start), outs
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def naive_rgb(data: bytes, *, size: int, channels: int) -> np.ndarray:
+    """torchvision's ImageFolder loader (``convert("RGB")``) followed by a LANCZOS resize."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.Resampling.LANCZOS))
+
+
+def bench_resize(images: list[bytes], *, size: int, channels: int, label: str) -> dict[str, float]:
+    _rate(decode_resized, images[:2], size=size, channels=channels)  # warm-up
+    fast, fast_out = _rate(decode_resized, images, size=size, channels=channels)
+    same, same_out = _rate(decode_resized_naive, images, size=size, channels=channels)
+    rgb, _ = _rate(naive_rgb, images, size=size, channels=channels)
+    psnr = float(np.mean([_psnr(a, b) for a, b in zip(fast_out, same_out, strict=True)]))
+    kb = np.mean([len(d) for d in images]) / 1e3
+    print(
+        f"{label:<24} {len(images):>4} {kb:>6.0f} {fast:>9.1f} {rgb:>10.1f} {fast / rgb:>7.2f}x "
+        f"{same:>11.1f} {fast / same:>7.2f}x {psnr:>7.1f} dB",
+        flush=True,
+    )
+    return {
+        "fast": fast,
+        "naive_rgb": rgb,
+        "naive_same": same,
+        "ratio_rgb": fast / rgb,
+        "ratio_same": fast / same,
+        "psnr": psnr,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dpmedbench.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("resize", help="decode+resize throughput, fast path vs naive path")
+    r.add_argument("--images", type=int, default=60, help="synthetic images per format (default 60)")
+    r.add_argument("--size", type=int, default=256, help="output side in pixels (default 256)")
+    r.add_argument("--folder", type=Path, help="benchmark the images in this folder instead")
+    r.add_argument("--channels", type=int, choices=(1, 3), help="with --folder: 1 (X-ray) or 3 (fundus)")
+    args = parser.parse_args(argv)
+
+    print(
+        f"decode + resize to {args.size}x{args.size}, images/s on one process. fast: dp-medbench; naive RGB: "
+        f"Image.open().convert('RGB').resize(LANCZOS) (torchvision ImageFolder loader); naive same: "
+        f"convert to the output mode (L for X-rays), same crop. PSNR: fast vs naive same."
+    )
+    print(
+        f"{'images':<24} {'n':>4} {'KB':>6} {'fast':>9} {'naive RGB':>10} {'ratio':>8} {'naive same':>11} "
+        f"{'ratio':>8} {'PSNR':>10}"
+    )
+    if args.folder:
+        files = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
+        files = [p for p in files if not p.name.startswith("._")]
+        if not files:
+            raise SystemExit(f"{args.folder}: no .jpeg/.jpg/.png files")
+        channels = args.channels or (1 if files[0].suffix.lower() in {".jpeg", ".jpg"} else 3)
+        bench_resize([p.read_bytes() for p in files], size=args.size, channels=channels, label=str(args.folder))
+        return
+    bench_resize(synthetic_images("xray-jpeg", args.images), size=args.size, channels=1, label="X-ray JPEG (synthetic)")
+    bench_resize(
+        synthetic_images("fundus-png", max(4, args.images // 3)),
+        size=args.size,
+        channels=3,
+        label="fundus PNG (synthetic)",
+    )
+
+
+if __name__ == "__main__":
+    main()
