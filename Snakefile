@@ -10,9 +10,11 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/ldp.smk"
 
 
 rule all:
     default_target: True
     input:
         prepared_outputs(),
+        ldp_outputs(),

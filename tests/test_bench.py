@@ -14,3 +14,9 @@ def test_resize_benchmark_on_a_folder(tmp_path, capsys):
         (tmp_path / f"person{i}_virus_{i}.jpeg").write_bytes(data)
     bench.main(["resize", "--folder", str(tmp_path), "--size", "64"])
     assert str(tmp_path) in capsys.readouterr().out
+
+
+def test_ldp_benchmark_prints_a_table(capsys):
+    bench.main(["ldp", "--images", "12", "--size", "16", "--channels", "1"])
+    out = capsys.readouterr().out
+    assert "naive: rng.laplace + one PNG per image" in out and "16x16x1" in out

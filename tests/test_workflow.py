@@ -63,8 +63,31 @@ def test_demo_config_prepares_both_datasets_and_then_has_nothing_to_do(workdir):
     assert any("duplicate tree" in n for n in chest["notes"])
     assert any("test_images" in n for n in aptos["notes"])
     assert chest["source"]["source"] == "demo" and (workdir / "logs" / "prepare" / "chest_xray.log").exists()
+    check_ldp(workdir, "chest_xray", "laplace_pixel", np.float16, (48, 48, 1))
+    check_ldp(workdir, "aptos", "laplace_image_shift", np.uint8, (48, 48, 3))
+    for dataset in ("chest_xray", "aptos"):
+        for ext in ("png", "pdf"):
+            assert (workdir / "results" / "figures" / f"figure2_{dataset}.{ext}").stat().st_size > 1000
     again = snakemake(workdir, "--configfile", "config/demo.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def check_ldp(workdir: Path, dataset: str, mechanism: str, dtype: type, shape: tuple[int, ...]) -> None:
+    for beta in ("1", "2", "4"):
+        folder = workdir / "data" / "ldp" / dataset / f"beta{beta}"
+        privacy = json.loads((folder / "privacy.json").read_text())
+        assert privacy["mechanism"] == mechanism and privacy["beta"] == float(beta)
+        if mechanism == "laplace_pixel":
+            assert privacy["epsilon_per_value"] == 1 / float(beta)
+            assert privacy["epsilon_per_image"] == int(np.prod(shape)) / float(beta)
+        else:
+            assert privacy["epsilon_per_value"] is None and privacy["epsilon_reason"]
+        for split in ("train", "val"):
+            noisy = np.load(folder / f"{split}.npy", mmap_mode="r")
+            clean = np.load(workdir / "data" / "prepared" / dataset / f"{split}.npy", mmap_mode="r")
+            assert noisy.dtype == dtype and noisy.shape == clean.shape and noisy.shape[1:] == shape
+            assert privacy["splits"][split]["images"] == len(clean)
+        assert not (folder / "test.npy").exists()
 
 
 def _jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -91,11 +114,28 @@ def test_a_split_setting_reruns_only_that_dataset(workdir):
     snakemake(workdir, "--configfile", "config/demo.yaml")
     demo = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
     demo["datasets"]["aptos"]["val_fraction"] = 0.2
-    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "prepare": 1}
     dry = snakemake(workdir, "-n", config=demo)
-    assert _wildcards(dry) == {"dataset=aptos"}
+    assert _jobs(dry) == {"all": 1, "prepare": 1, "ldp_copy": 3, "figure2": 1}
+    assert {w.split(",")[0] for w in _wildcards(dry)} == {"dataset=aptos"}
     demo["image_size"] = 40  # touches both datasets, but no download
-    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "prepare": 2}
+    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "prepare": 2, "ldp_copy": 6, "figure2": 2}
+
+
+def test_adding_a_beta_schedules_only_its_copies_and_the_figures(workdir):
+    snakemake(workdir, "--configfile", "config/demo.yaml")
+    demo = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
+    demo["betas"] = [1, 2, 4, 8]
+    dry = snakemake(workdir, "-n", config=demo)
+    assert _jobs(dry) == {"all": 1, "ldp_copy": 2, "figure2": 2}
+    assert _wildcards(dry) == {
+        "dataset=chest_xray, beta=8",
+        "dataset=aptos, beta=8",
+        "dataset=chest_xray",
+        "dataset=aptos",
+    }
+    demo["betas"] = [1, 2, 4]
+    demo["datasets"]["chest_xray"]["ldp"]["clip"] = True
+    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "ldp_copy": 3, "figure2": 1}
 
 
 def test_real_layouts_from_local_zip_and_folder(workdir, tmp_path):

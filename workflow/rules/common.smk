@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from dpmedbench.config import canonical, enabled_datasets, validate_config  # noqa: E402
 from dpmedbench.digest import code_digest  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
+from dpmedbench.ldp import beta_label  # noqa: E402
 from dpmedbench.prepare import SPLITS  # noqa: E402
 
 try:
@@ -25,10 +26,14 @@ FETCH_CODE = code_digest("sources", "download", "synth", "medmnist", "fileio")
 PREPARE_CODE = code_digest(
     "prepare", "archive", "layouts", "splits", "imaging", "medmnist", "fileio"
 )
+LDP_CODE = code_digest("ldp", "quality", "fileio")
+FIGURE_CODE = code_digest("figures", "ldp", "quality", "fileio")
+BETA_LABELS = [beta_label(b) for b in config["betas"]]
 
 
 wildcard_constraints:
     dataset="|".join(["chest_xray", "aptos"]),
+    beta=r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?",
 
 
 def fetch_settings(wildcards):
@@ -46,6 +51,24 @@ def local_archive(wildcards):
 def prepare_settings(wildcards):
     ds = config["datasets"][wildcards.dataset]
     return canonical({key: ds[key] for key in PREPARE_KEYS[wildcards.dataset]})
+
+
+def ldp_settings(wildcards):
+    return canonical(config["datasets"][wildcards.dataset]["ldp"])
+
+
+def ldp_outputs():
+    """Noisy copies, their privacy records and Figure 2, when 'ldp' is in the grid."""
+    if "ldp" not in config["mechanisms"]:
+        return []
+    return expand(
+        "data/ldp/{dataset}/beta{beta}/{file}",
+        dataset=DATASETS,
+        beta=BETA_LABELS,
+        file=("train.npy", "val.npy", "privacy.json"),
+    ) + expand(
+        "results/figures/figure2_{dataset}.{ext}", dataset=DATASETS, ext=("png", "pdf")
+    )
 
 
 def prepared_outputs():

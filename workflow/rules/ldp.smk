@@ -1,0 +1,45 @@
+# Local-DP stage: noisy copies of the train and val splits per beta, their privacy record, and Figure 2.
+
+
+rule ldp_copy:
+    input:
+        train="data/prepared/{dataset}/train.npy",
+        val="data/prepared/{dataset}/val.npy",
+    output:
+        train="data/ldp/{dataset}/beta{beta}/train.npy",
+        val="data/ldp/{dataset}/beta{beta}/val.npy",
+        privacy="data/ldp/{dataset}/beta{beta}/privacy.json",
+    log:
+        "logs/ldp/{dataset}/beta{beta}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        beta=lambda wildcards: float(wildcards.beta),
+        settings=ldp_settings,
+        seed=config["seed"],
+        noise_source=config["ldp"]["noise_source"],
+        chunk_images=config["ldp"]["chunk_images"],
+        quality_images=config["ldp"]["quality_images"],
+        code=LDP_CODE,
+    script:
+        "../scripts/ldp.py"
+
+
+rule figure2:
+    input:
+        clean="data/prepared/{dataset}/train.npy",
+        copies=expand("data/ldp/{{dataset}}/beta{beta}/train.npy", beta=BETA_LABELS),
+        privacy=expand("data/ldp/{{dataset}}/beta{beta}/privacy.json", beta=BETA_LABELS),
+    output:
+        png="results/figures/figure2_{dataset}.png",
+        pdf="results/figures/figure2_{dataset}.pdf",
+    log:
+        "logs/figure2/{dataset}.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        index=config["ldp"]["figure_index"],
+        seed=config["seed"],
+        code=FIGURE_CODE,
+    script:
+        "../scripts/figure2.py"

@@ -1,0 +1,370 @@
+"""Local-DP noisy copies of the training images.
+
+Mechanisms live in a small registry (:data:`MECHANISMS`): a new one is one function that takes a clean batch in
+[0, 1] and a generator per image and returns the noisy batch, plus its privacy figures.
+
+* ``laplace_pixel`` (the paper's text): Laplace noise of scale beta added independently to every value of the
+  [0, 1]-scaled image. The Laplace mechanism with sensitivity 1 per value gives epsilon = 1/beta per value,
+  and epsilon = d/beta for a whole image of d values (L1 sensitivity d).
+* ``laplace_image_shift`` (the authors' ``Adding_Noise.ipynb``): one Laplace draw of scale beta per image,
+  added to every pixel, then saturated to [0, 1] as their 8-bit JPEG write did. A brightness shift: two
+  images that differ in one pixel stay distinguishable, so no epsilon bounds it.
+
+Noise is reproducible and independent: every image of every (dataset, beta, split) copy has its own PCG64
+generator, derived with ``numpy.random.SeedSequence`` from (seed, dataset, beta, split, image index). Copies at
+different beta never share a draw (sharing one draw scaled by beta would let anyone holding two copies solve for
+the clean image), reruns rebuild identical bytes whatever the chunk size, and changing one beta touches one copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from . import __version__
+from .fileio import atomic_outputs
+from .quality import psnr, ssim
+
+log = logging.getLogger(__name__)
+
+NoiseSource = Literal["seeded", "os"]
+_ONE_MINUS_HALF_ULP = np.float32(1.0 - 2.0**-24)  # exactly representable
+
+
+# ------------------------------------------------------------------------------------------------- sampler
+def laplace_from_bits(words: np.ndarray, beta: float) -> np.ndarray:
+    """Laplace(0, ``beta``) float32 samples from uniform random 32-bit words, by inversion.
+
+    The top 23 bits of a word give ``u = (k + 1/2) * 2**-23``, built exactly (a float in [1, 2) from the bits,
+    minus 1 - 2**-24) and strictly inside (0, 1), so ``-log(u)`` is finite for every input: at most
+    24 ln 2 ~ 16.6, at u = 2**-24. The lowest bit becomes the sign bit. The distribution is the exponential's
+    inverse CDF on a 2**23-point grid: exact to float32 resolution, tails cut at 16.6 beta (probability 2**-24).
+
+    >>> laplace_from_bits(np.array([0, 1], dtype=np.uint32), 1.0)  # u = 2**-24, both signs
+    array([ 16.635532, -16.635532], dtype=float32)
+    """
+    words = np.asarray(words, dtype=np.uint32)
+    u = ((words >> np.uint32(9)) | np.uint32(0x3F800000)).view(np.float32) - _ONE_MINUS_HALF_ULP
+    magnitude = np.log(u)
+    np.multiply(magnitude, np.float32(-beta), out=magnitude)
+    return (magnitude.view(np.uint32) | ((words & np.uint32(1)) << np.uint32(31))).view(np.float32)
+
+
+def random_words(generator: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` uniform uint32 words: the generator's raw 64-bit output, both halves used."""
+    return generator.bit_generator.random_raw((count + 1) // 2).view(np.uint32)[:count]
+
+
+def _key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def image_generators(
+    *, seed: int, dataset: str, beta: float, split: str, start: int, count: int, noise_source: NoiseSource
+) -> Iterator[np.random.Generator]:
+    """One generator per image ``start .. start + count - 1`` of a copy.
+
+    ``seeded``: derived from (seed, dataset, beta, split, index), so a rerun gives identical bytes.
+    ``os``: fresh operating-system entropy for every image, never reproducible (for real releases).
+    """
+    if noise_source == "os":
+        for _ in range(count):
+            yield np.random.Generator(np.random.PCG64(np.random.SeedSequence()))
+        return
+    key = (_key(dataset), _key(repr(float(beta))), _key(split))
+    for index in range(start, start + count):
+        yield np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(*key, index))))
+
+
+# ----------------------------------------------------------------------------------------------- mechanisms
+@dataclass(frozen=True)
+class Mechanism:
+    """A Local-DP mechanism: how it perturbs a batch, how its output is stored, and its privacy."""
+
+    name: str
+    #: perturb(values, generators, beta): add the noise to a float32 (N, H, W, C) batch of [0, 1] values, in
+    #: place, with ``generators[i]`` for image i.
+    perturb: Callable[[np.ndarray, list[np.random.Generator], float], None]
+    privacy: Callable[[float, int], dict[str, Any]]
+    description: str
+
+
+MECHANISMS: dict[str, Mechanism] = {}
+
+
+def register(mechanism: Mechanism) -> Mechanism:
+    MECHANISMS[mechanism.name] = mechanism
+    return mechanism
+
+
+def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float) -> None:
+    per_image = values[0].size
+    for i, g in enumerate(gens):
+        values[i] += laplace_from_bits(random_words(g, per_image), beta).reshape(values.shape[1:])
+
+
+def _pixel_privacy(beta: float, values_per_image: int) -> dict[str, Any]:
+    return {
+        "formal_guarantee": True,
+        "epsilon_per_value": 1.0 / beta,
+        "epsilon_per_image": values_per_image / beta,
+        "delta": 0.0,
+        "sensitivity": 1.0,
+        "accountant": "Laplace mechanism, pure epsilon-DP (Dwork et al. 2006): epsilon = sensitivity / beta. "
+        "Per value: each [0, 1] pixel value changes by at most 1. Per image: L1 sensitivity d = H*W*C values, "
+        "epsilon = d / beta. Clipping, rounding and storage are post-processing and change neither.",
+    }
+
+
+def _shift_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float) -> None:
+    shifts = np.array([laplace_from_bits(random_words(g, 1), beta)[0] for g in gens], np.float32)
+    values += shifts.reshape(-1, *([1] * (values.ndim - 1)))
+    # Saturation to [0, 1], as the authors' 8-bit JPEG write did, happens in storage: always uint8 (storage_of).
+
+
+def _shift_privacy(beta: float, values_per_image: int) -> dict[str, Any]:
+    return {
+        "formal_guarantee": False,
+        "epsilon_per_value": None,
+        "epsilon_per_image": None,
+        "delta": None,
+        "sensitivity": None,
+        "accountant": None,
+        "epsilon_reason": "No epsilon is derived: one Laplace draw per image is added to every pixel (a "
+        "brightness shift, then saturated to [0, 1]). Two images that differ in a single pixel keep that "
+        "difference exactly in every output, so no finite epsilon bounds the mechanism. This reproduces the "
+        "authors' Adding_Noise.ipynb (b = 255/epsilon on 0-255 pixels, i.e. scale beta on [0, 1]); the "
+        "epsilon they assigned (1/beta) is not a guarantee of this mechanism.",
+    }
+
+
+register(Mechanism("laplace_pixel", _pixel_noise, _pixel_privacy, "Laplace noise of scale beta per [0,1] value"))
+register(
+    Mechanism(
+        "laplace_image_shift",
+        _shift_noise,
+        _shift_privacy,
+        "one Laplace draw of scale beta per image added to every pixel, saturated to [0,1] (authors' code)",
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------- materialise
+def storage_of(mechanism: str, clip: bool) -> str:
+    """``float16`` (unclipped noisy values) or ``uint8`` (values in [0, 1] times 255, rounded)."""
+    return "uint8" if clip or mechanism == "laplace_image_shift" else "float16"
+
+
+def _store(values: np.ndarray, out: np.ndarray) -> None:
+    """Write float32 noisy values into the stored copy's rows ``out`` (float16, or uint8 of [0, 1] x 255).
+    Clips ``values`` in place for uint8 storage."""
+    if out.dtype == np.uint8:
+        np.clip(values, 0.0, 1.0, out=values)
+        values *= np.float32(255.0)
+        np.rint(values, out=values)
+    out[...] = values  # float32 -> float16 / uint8 conversion straight into the memory map
+
+
+def decode_stored(stored: np.ndarray) -> np.ndarray:
+    """Stored copy -> float32 values on the [0, 1] scale (uint8 copies are divided by 255)."""
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255.0)
+    return stored.astype(np.float32)
+
+
+def _perturb_into(
+    work: np.ndarray,
+    clean_uint8: np.ndarray,
+    *,
+    mechanism: str,
+    beta: float,
+    seed: int,
+    dataset: str,
+    split: str,
+    start: int,
+    noise_source: NoiseSource,
+) -> None:
+    np.divide(clean_uint8, np.float32(255.0), out=work, dtype=np.float32)
+    gens = list(
+        image_generators(
+            seed=seed, dataset=dataset, beta=beta, split=split, start=start, count=len(work), noise_source=noise_source
+        )
+    )
+    MECHANISMS[mechanism].perturb(work, gens, beta)
+
+
+def noisy_batch(
+    clean_uint8: np.ndarray,
+    *,
+    mechanism: str,
+    beta: float,
+    seed: int,
+    dataset: str,
+    split: str,
+    start: int,
+    noise_source: NoiseSource = "seeded",
+) -> np.ndarray:
+    """Noisy float32 values of images ``start ..`` of a split (before storage encoding): exactly the values
+    :func:`materialise_copy` stores for them."""
+    work = np.empty(clean_uint8.shape, dtype=np.float32)
+    _perturb_into(
+        work,
+        clean_uint8,
+        mechanism=mechanism,
+        beta=beta,
+        seed=seed,
+        dataset=dataset,
+        split=split,
+        start=start,
+        noise_source=noise_source,
+    )
+    return work
+
+
+def materialise_copy(
+    *,
+    dataset: str,
+    beta: float,
+    mechanism: str,
+    clip: bool,
+    seed: int,
+    noise_source: NoiseSource,
+    inputs: dict[str, str | os.PathLike[str]],
+    outputs: dict[str, str | os.PathLike[str]],
+    privacy_json: str | os.PathLike[str],
+    chunk_images: int = 64,
+    quality_images: int = 64,
+) -> dict[str, Any]:
+    """Write the noisy copy of each split in ``inputs`` (``{split: prepared .npy}``) to ``outputs``
+    (``{split: noisy .npy}``) and the privacy record to ``privacy_json``.
+
+    Streams ``chunk_images`` images at a time: memory stays bounded whatever the dataset size. PSNR and SSIM
+    are computed on ``quality_images`` evenly spaced images per split (0: all). Everything is written under
+    temporary names and renamed only when every file is complete.
+    """
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"unknown Local-DP mechanism {mechanism!r}; known: {sorted(MECHANISMS)}")
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    storage = storage_of(mechanism, clip)
+    splits = list(inputs)
+    finals = [Path(outputs[s]) for s in splits] + [Path(privacy_json)]
+    record: dict[str, Any] = {}
+    with atomic_outputs(*finals) as tmps:
+        for split, tmp in zip(splits, tmps, strict=False):
+            clean = np.load(inputs[split], mmap_mode="r")
+            if clean.dtype != np.uint8 or clean.ndim != 4:
+                raise ValueError(
+                    f"{inputs[split]}: expected a uint8 (N, H, W, C) array, got {clean.dtype} {clean.shape}"
+                )
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=clean.shape)
+            stats = _Stats(quality_indices(len(clean), quality_images))
+            buffer = np.empty((min(chunk_images, len(clean)), *clean.shape[1:]), dtype=np.float32)  # reused
+            for start in range(0, len(clean), chunk_images):
+                batch = np.asarray(clean[start : start + chunk_images])
+                work = buffer[: len(batch)]
+                _perturb_into(
+                    work,
+                    batch,
+                    mechanism=mechanism,
+                    beta=beta,
+                    seed=seed,
+                    dataset=dataset,
+                    split=split,
+                    start=start,
+                    noise_source=noise_source,
+                )
+                stats.count_saturated(work)
+                _store(work, out[start : start + len(batch)])
+                stats.add_quality(start, batch, out[start : start + len(batch)])
+            out.flush()
+            del out
+            record[split] = stats.summary()
+            log.info("%s beta=%g %s: %d images, %s", dataset, beta, split, len(clean), record[split])
+        values = int(np.prod(np.load(inputs[splits[0]], mmap_mode="r").shape[1:]))
+        privacy = {
+            "dataset": dataset,
+            "beta": beta,
+            "mechanism": mechanism,
+            "description": MECHANISMS[mechanism].description,
+            **MECHANISMS[mechanism].privacy(beta, values),
+            "values_per_image": values,
+            "storage": storage,
+            "clipped": storage == "uint8",
+            "noised_splits": splits,
+            "clean_splits": ["test"],
+            "seed_policy": (
+                f"seeded: numpy SeedSequence({seed}, spawn_key=(dataset, beta, split, image index)) -> PCG64 per "
+                "image; a rerun rebuilds identical bytes"
+                if noise_source == "seeded"
+                else "os: fresh operating-system entropy per image; not reproducible"
+            ),
+            "seed": seed if noise_source == "seeded" else None,
+            "splits": record,
+            "quality_note": "PSNR and SSIM compare a clean image with its noisy copy as a viewer sees it "
+            "(values clipped to [0, 1]), averaged over quality_images evenly spaced images of the split; "
+            "saturated_fraction is the share of all noisy values outside [0, 1] (before any clipping).",
+            "dpmedbench_version": __version__,
+        }
+        import json
+
+        tmps[-1].write_text(json.dumps(privacy, indent=2) + "\n")
+    return privacy
+
+
+def quality_indices(n: int, sample: int) -> np.ndarray:
+    """``sample`` evenly spaced indices of ``range(n)`` (all of them when ``sample`` is 0 or >= n)."""
+    if sample <= 0 or sample >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, sample).round().astype(int))
+
+
+class _Stats:
+    """Saturation over every value; PSNR and SSIM means over the images in ``quality``."""
+
+    def __init__(self, quality: np.ndarray) -> None:
+        self.quality = set(quality.tolist())
+        self.n = 0
+        self.psnr: list[float] = []
+        self.ssim: list[float] = []
+        self.saturated = 0
+        self.values = 0
+
+    def count_saturated(self, noisy: np.ndarray) -> None:
+        self.saturated += int(np.count_nonzero(noisy < 0)) + int(np.count_nonzero(noisy > 1))
+        self.values += noisy.size
+        self.n += len(noisy)
+
+    def add_quality(self, start: int, clean_uint8: np.ndarray, stored: np.ndarray) -> None:
+        for offset in range(len(clean_uint8)):
+            if start + offset in self.quality:
+                clean = clean_uint8[offset].astype(np.float32) / np.float32(255.0)
+                shown = np.clip(decode_stored(stored[offset]), 0.0, 1.0)
+                self.psnr.append(min(psnr(clean, shown), 100.0))
+                self.ssim.append(ssim(clean, shown))
+
+    def summary(self) -> dict[str, float | int]:
+        if not self.n:
+            return {"images": 0}
+        return {
+            "images": self.n,
+            "quality_images": len(self.psnr),
+            "psnr_db_mean": round(float(np.mean(self.psnr)), 3),
+            "ssim_mean": round(float(np.mean(self.ssim)), 4),
+            "saturated_fraction": round(self.saturated / self.values, 4),
+        }
+
+
+def beta_label(beta: float) -> str:
+    """How a beta appears in paths: ``1`` for 1.0, ``0.5`` for 0.5 (``f"{beta:g}"``)."""
+    if not math.isfinite(beta):
+        raise ValueError(f"beta must be finite, got {beta}")
+    return f"{beta:g}"

@@ -1,0 +1,25 @@
+"""Snakemake adapter: one Local-DP noisy copy of train and val (dpmedbench.ldp.materialise_copy)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dpmedbench.ldp import materialise_copy
+from dpmedbench.logs import run_logged
+
+run_logged(
+    snakemake.log[0],  # noqa: F821
+    materialise_copy,
+    dataset=snakemake.wildcards.dataset,  # noqa: F821
+    beta=snakemake.params.beta,  # noqa: F821
+    mechanism=snakemake.params.settings["mechanism"],  # noqa: F821
+    clip=snakemake.params.settings["clip"],  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
+    noise_source=snakemake.params.noise_source,  # noqa: F821
+    chunk_images=snakemake.params.chunk_images,  # noqa: F821
+    quality_images=snakemake.params.quality_images,  # noqa: F821
+    inputs={"train": snakemake.input.train, "val": snakemake.input.val},  # noqa: F821
+    outputs={"train": snakemake.output.train, "val": snakemake.output.val},  # noqa: F821
+    privacy_json=snakemake.output.privacy,  # noqa: F821
+)
