@@ -31,6 +31,7 @@ bench: install
 	PYTHONPATH=workflow/scripts $(BIN)/python -m dpmedbench.bench resize
 	PYTHONPATH=workflow/scripts $(BIN)/python -m dpmedbench.bench ldp --images 2636 --channels 3
 	PYTHONPATH=workflow/scripts $(BIN)/python -m dpmedbench.bench ldp --images 4700 --channels 1
+	PYTHONPATH=workflow/scripts $(BIN)/python -m dpmedbench.bench dpsgd --size 224 --batch 32
 
 clean:
 	rm -rf .snakemake data/prepared data/raw logs results

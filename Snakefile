@@ -11,6 +11,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/ldp.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -18,3 +19,4 @@ rule all:
     input:
         prepared_outputs(),
         ldp_outputs(),
+        cell_outputs(),

@@ -20,3 +20,9 @@ def test_ldp_benchmark_prints_a_table(capsys):
     bench.main(["ldp", "--images", "12", "--size", "16", "--channels", "1"])
     out = capsys.readouterr().out
     assert "naive: rng.laplace + one PNG per image" in out and "16x16x1" in out
+
+
+def test_dpsgd_benchmark_prints_a_table(capsys):
+    bench.main(["dpsgd", "--size", "16", "--batch", "2", "--steps", "1", "--modes", "ew", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "vs SGD" in out and "\nsgd " in out and "\new " in out and "failed" not in out

@@ -22,14 +22,31 @@ pytestmark = pytest.mark.e2e
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
+def clone(tmp_path: Path) -> Path:
     """A copy of what a clone holds: Snakefile, configs, workflow, envs."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
     for name in ("config", "workflow", "envs"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return clone(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full run of the demo (every stage, every cell), shared by the tests that inspect or dry-run it."""
+    workdir = clone(tmp_path_factory.mktemp("demo"))
+    snakemake(workdir, "--configfile", "config/demo.yaml")
+    return workdir
+
+
+def data_targets(*datasets: str) -> list[str]:
+    """The data stage's outputs only: tests of the import need not train anything."""
+    return [f"data/prepared/{d}/info.json" for d in datasets]
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -56,19 +73,30 @@ def check_prepared(workdir: Path, dataset: str, size: int, channels: int) -> dic
     return info
 
 
-def test_demo_config_prepares_both_datasets_and_then_has_nothing_to_do(workdir):
-    snakemake(workdir, "--configfile", "config/demo.yaml")
-    chest = check_prepared(workdir, "chest_xray", 48, 1)
-    aptos = check_prepared(workdir, "aptos", 48, 3)
+def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
+    chest = check_prepared(demo, "chest_xray", 48, 1)
+    aptos = check_prepared(demo, "aptos", 48, 3)
     assert any("duplicate tree" in n for n in chest["notes"])
     assert any("test_images" in n for n in aptos["notes"])
-    assert chest["source"]["source"] == "demo" and (workdir / "logs" / "prepare" / "chest_xray.log").exists()
-    check_ldp(workdir, "chest_xray", "laplace_pixel", np.float16, (48, 48, 1))
-    check_ldp(workdir, "aptos", "laplace_image_shift", np.uint8, (48, 48, 3))
+    assert chest["source"]["source"] == "demo" and (demo / "logs" / "prepare" / "chest_xray.log").exists()
+    check_ldp(demo, "chest_xray", "laplace_pixel", np.float16, (48, 48, 1))
+    check_ldp(demo, "aptos", "laplace_image_shift", np.uint8, (48, 48, 3))
     for dataset in ("chest_xray", "aptos"):
         for ext in ("png", "pdf"):
-            assert (workdir / "results" / "figures" / f"figure2_{dataset}.{ext}").stat().st_size > 1000
-    again = snakemake(workdir, "--configfile", "config/demo.yaml")
+            assert (demo / "results" / "figures" / f"figure2_{dataset}.{ext}").stat().st_size > 1000
+    cells = sorted(demo.glob("results/cells/*/*/beta*/seed*/metrics.json"))
+    assert len(cells) == 2 * (1 + 3 + 3)
+    for path in cells:
+        metrics = json.loads(path.read_text())
+        assert {p.name for p in path.parent.iterdir()} == {"history.csv", "best.pt", "last.pt", "metrics.json"}
+        history = pd.read_csv(path.parent / "history.csv")
+        assert list(history["epoch"]) == [1, 2, 3, 4]
+        privacy = metrics["privacy"]
+        if metrics["cell"]["mechanism"] == "dpsgd":
+            target = 1 / metrics["cell"]["beta"]
+            assert target - 0.02 < privacy["epsilon"] <= target + 1e-6 and privacy["accountant"] == "prv"
+            assert history["epsilon_rdp"].is_monotonic_increasing
+    again = snakemake(demo, "--configfile", "config/demo.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -110,32 +138,55 @@ def _wildcards(proc: subprocess.CompletedProcess) -> set[str]:
     return {line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.strip().startswith("wildcards:")}
 
 
-def test_a_split_setting_reruns_only_that_dataset(workdir):
-    snakemake(workdir, "--configfile", "config/demo.yaml")
-    demo = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
-    demo["datasets"]["aptos"]["val_fraction"] = 0.2
-    dry = snakemake(workdir, "-n", config=demo)
-    assert _jobs(dry) == {"all": 1, "prepare": 1, "ldp_copy": 3, "figure2": 1}
+def _demo_config(demo: Path) -> dict:
+    return yaml.safe_load((demo / "config" / "demo.yaml").read_text())
+
+
+def test_a_split_setting_reruns_only_that_dataset(demo):
+    config = _demo_config(demo)
+    config["datasets"]["aptos"]["val_fraction"] = 0.2
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == {"all": 1, "prepare": 1, "ldp_copy": 3, "figure2": 1, "train": 7}
     assert {w.split(",")[0] for w in _wildcards(dry)} == {"dataset=aptos"}
-    demo["image_size"] = 40  # touches both datasets, but no download
-    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "prepare": 2, "ldp_copy": 6, "figure2": 2}
-
-
-def test_adding_a_beta_schedules_only_its_copies_and_the_figures(workdir):
-    snakemake(workdir, "--configfile", "config/demo.yaml")
-    demo = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
-    demo["betas"] = [1, 2, 4, 8]
-    dry = snakemake(workdir, "-n", config=demo)
-    assert _jobs(dry) == {"all": 1, "ldp_copy": 2, "figure2": 2}
-    assert _wildcards(dry) == {
-        "dataset=chest_xray, beta=8",
-        "dataset=aptos, beta=8",
-        "dataset=chest_xray",
-        "dataset=aptos",
+    config["image_size"] = 44  # touches both datasets, but no download
+    assert _jobs(snakemake(demo, "-n", config=config)) == {
+        "all": 1,
+        "prepare": 2,
+        "ldp_copy": 6,
+        "figure2": 2,
+        "train": 14,
     }
-    demo["betas"] = [1, 2, 4]
-    demo["datasets"]["chest_xray"]["ldp"]["clip"] = True
-    assert _jobs(snakemake(workdir, "-n", config=demo)) == {"all": 1, "ldp_copy": 3, "figure2": 1}
+
+
+def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
+    config = _demo_config(demo)
+    config["betas"] = [1, 2, 4, 8]
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == {"all": 1, "ldp_copy": 2, "figure2": 2, "train": 4}
+    trained = {w for w in _wildcards(dry) if "mechanism" in w}
+    assert all("beta=8" in w for w in trained) and len(trained) == 4
+    config["betas"] = [1, 2, 4]
+    config["seeds"] = [0, 1]
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == {"all": 1, "train": 14}
+    assert all("seed=1" in w for w in _wildcards(dry))
+
+
+def test_training_settings_rerun_only_the_cells_they_touch(demo):
+    config = _demo_config(demo)
+    config["datasets"]["chest_xray"]["train"]["lr"] = 0.02
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == {"all": 1, "train": 7}
+    assert all("dataset=chest_xray" in w for w in _wildcards(dry))
+    config = _demo_config(demo)
+    config["dpsgd"]["max_grad_norm"] = 2.0  # DP-SGD cells only
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "train": 6}
+    config = _demo_config(demo)
+    config["datasets"]["chest_xray"]["ldp"]["clip"] = True  # that dataset's copies and their cells
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "ldp_copy": 3, "figure2": 1, "train": 3}
+    config = _demo_config(demo)
+    config.setdefault("ldp", {})["figure_index"] = 2  # a plotting option: no training
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figure2": 2}
 
 
 def test_real_layouts_from_local_zip_and_folder(workdir, tmp_path):
@@ -144,13 +195,14 @@ def test_real_layouts_from_local_zip_and_folder(workdir, tmp_path):
     aptos_dir = extract(aptos, tmp_path / "aptos2019-blindness-detection")
     config = {
         "image_size": 32,
+        "model": {"crop": 28},
         "resize_mode": "pad",
         "datasets": {
             "chest_xray": {"source": "local", "archive": str(chest)},
             "aptos": {"source": "local", "archive": str(aptos_dir)},
         },
     }
-    snakemake(workdir, config=config)
+    snakemake(workdir, *data_targets("chest_xray", "aptos"), config=config)
     info = check_prepared(workdir, "chest_xray", 32, 1)
     assert (workdir / info["source"]["path"]).resolve() == chest.resolve() and info["resize_mode"] == "pad"
     info = check_prepared(workdir, "aptos", 32, 3)
@@ -161,9 +213,10 @@ def test_medmnist_npz_as_a_local_file(workdir, tmp_path):
     npz = synth.make_medmnist_npz(tmp_path / "pneumoniamnist_64.npz", dataset="chest_xray", n=(10, 4, 4), side=64)
     config = {
         "image_size": 32,
+        "model": {"crop": 28},
         "datasets": {"chest_xray": {"source": "local", "archive": str(npz)}, "aptos": {"enabled": False}},
     }
-    snakemake(workdir, config=config)
+    snakemake(workdir, *data_targets("chest_xray"), config=config)
     info = check_prepared(workdir, "chest_xray", 32, 1)
     assert info["split"] == {"official": True} and not (workdir / "data" / "prepared" / "aptos").exists()
 
@@ -181,9 +234,10 @@ def test_corrupt_image_fails_with_its_name_and_no_output(workdir, tmp_path):
     bad = rewrite_zip(aptos, tmp_path / "broken.zip", {victim: b"\x89PNG\r\n\x1a\n truncated"})
     config = {
         "image_size": 32,
+        "model": {"crop": 28},
         "datasets": {"aptos": {"source": "local", "archive": str(bad)}, "chest_xray": {"enabled": False}},
     }
-    proc = snakemake(workdir, config=config, check=False)
+    proc = snakemake(workdir, *data_targets("aptos"), config=config, check=False)
     assert proc.returncode != 0
     log = (workdir / "logs" / "prepare" / "aptos.log").read_text()
     assert f"broken.zip:{victim}: cannot decode image" in log

@@ -8,6 +8,7 @@ from dpmedbench.config import canonical, enabled_datasets, validate_config  # no
 from dpmedbench.digest import code_digest  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.ldp import beta_label  # noqa: E402
+from dpmedbench.models import RESNET18_URL  # noqa: E402
 from dpmedbench.prepare import SPLITS  # noqa: E402
 
 try:
@@ -28,12 +29,17 @@ PREPARE_CODE = code_digest(
 )
 LDP_CODE = code_digest("ldp", "quality", "fileio")
 FIGURE_CODE = code_digest("figures", "ldp", "quality", "fileio")
+TRAIN_CODE = code_digest("train", "models", "dpsgd", "fileio", "errors")
 BETA_LABELS = [beta_label(b) for b in config["betas"]]
+WEIGHTS_URL = RESNET18_URL
+WEIGHTS_DEFAULT = f"data/weights/{RESNET18_URL.rsplit('/', 1)[1]}"
 
 
 wildcard_constraints:
     dataset="|".join(["chest_xray", "aptos"]),
     beta=r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?",
+    mechanism="none|ldp|dpsgd",
+    seed=r"[0-9]+",
 
 
 def fetch_settings(wildcards):
@@ -69,6 +75,65 @@ def ldp_outputs():
     ) + expand(
         "results/figures/figure2_{dataset}.{ext}", dataset=DATASETS, ext=("png", "pdf")
     )
+
+
+def cells():
+    """(dataset, mechanism, beta label, seed) of every cell of the grid; 'none' has beta 0."""
+    out = []
+    for dataset in DATASETS:
+        for mechanism in config["mechanisms"]:
+            for beta in ["0"] if mechanism == "none" else BETA_LABELS:
+                for seed in config["seeds"]:
+                    out.append((dataset, mechanism, beta, seed))
+    return out
+
+
+def cell_outputs():
+    return [
+        f"results/cells/{d}/{m}/beta{b}/seed{s}/metrics.json" for d, m, b, s in cells()
+    ]
+
+
+def train_inputs(wildcards):
+    """Clean arrays for 'none' and 'dpsgd'; the beta copy (and the clean val, for reference) for 'ldp'."""
+    prepared = f"data/prepared/{wildcards.dataset}"
+    inputs = {
+        f"{split}_csv": f"{prepared}/{split}.csv" for split in ("train", "val", "test")
+    }
+    inputs["test"] = f"{prepared}/test.npy"
+    if wildcards.mechanism == "ldp":
+        copy = f"data/ldp/{wildcards.dataset}/beta{wildcards.beta}"
+        inputs.update(
+            train=f"{copy}/train.npy",
+            val=f"{copy}/val.npy",
+            privacy=f"{copy}/privacy.json",
+            val_clean=f"{prepared}/val.npy",
+        )
+    else:
+        inputs.update(train=f"{prepared}/train.npy", val=f"{prepared}/val.npy")
+    if config["model"]["pretrained"]:
+        inputs["weights"] = config["model"]["weights"] or WEIGHTS_DEFAULT
+    return inputs
+
+
+def train_settings(wildcards):
+    """Everything a cell depends on, and nothing else: a config edit reruns exactly the cells it touches."""
+    mechanism = wildcards.mechanism
+    model = {k: v for k, v in config["model"].items() if k != "weights"}
+    if mechanism != "none" and float(wildcards.beta) <= 0:
+        raise ValueError(f"{mechanism} cells need beta > 0, got {wildcards.beta}")
+    cell = {
+        "dataset": wildcards.dataset,
+        "mechanism": mechanism,
+        "beta": float(wildcards.beta),
+        "seed": int(wildcards.seed),
+        "device": config["device"],
+        **config["datasets"][wildcards.dataset]["train"],
+        **model,
+    }
+    if mechanism == "dpsgd":
+        cell["dpsgd"] = config["dpsgd"]
+    return canonical(cell)
 
 
 def prepared_outputs():

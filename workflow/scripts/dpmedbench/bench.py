@@ -132,6 +132,100 @@ def bench_ldp(*, images: int, size: int, channels: int) -> dict[str, float]:
     return {"ours": ours, "naive": naive, "ratio": ours / naive}
 
 
+def _dp_step_worker(mode: str, size: int, batch: int, steps: int, threads: int, device: str) -> dict[str, float]:
+    """One process: median step time and peak memory of ``mode`` ("sgd" or a grad_sample_mode)."""
+    import resource
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from .dpsgd import make_grad_sampler, make_optimizer
+    from .models import build_resnet18
+    from .train import pick_device
+
+    torch.set_num_threads(threads)
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    model = build_resnet18(num_classes=2, weights=None, norm="group").to(dev)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, 2, (batch,), device=dev)
+    if mode == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    else:
+        _, sample = make_grad_sampler(model, mode)  # type: ignore[arg-type]
+        opt = make_optimizer(
+            model,
+            lr=0.01,
+            momentum=0,
+            weight_decay=0,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=batch,
+            generator=torch.Generator(device=dev).manual_seed(0),
+        )
+
+        def step() -> None:
+            sample(x, y)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {"seconds": statistics.median(times), "peak_bytes": float(peak), "device": str(dev)}
+
+
+def bench_dpsgd(*, size: int, batch: int, modes: list[str], steps: int, threads: int, device: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    scripts = str(Path(__file__).resolve().parents[1])
+    for mode in ["sgd", *modes]:
+        code = (
+            f"import json, sys; sys.path.insert(0, {scripts!r}); from dpmedbench.bench import _dp_step_worker; "
+            f"print(json.dumps(_dp_step_worker({mode!r}, {size}, {batch}, {steps}, {threads}, {device!r})))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
+        if proc.returncode != 0:
+            print(f"{mode:<10} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+            continue
+        results[mode] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+        base = results["sgd"]
+        print(
+            f"{mode:<10} {r['device']:<8} {r['seconds'] * 1e3:>10.1f} {r['seconds'] / base['seconds']:>8.2f}x "
+            f"{r['peak_bytes'] / 2**30:>10.2f} {(r['peak_bytes'] - base['peak_bytes']) / 2**30:>+10.2f}",
+            flush=True,
+        )
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dpmedbench.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,7 +238,30 @@ def main(argv: list[str] | None = None) -> None:
     ldp.add_argument("--images", type=int, default=1000, help="images in the copy (default 1000)")
     ldp.add_argument("--size", type=int, default=256, help="image side (default 256)")
     ldp.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    dp = sub.add_parser("dpsgd", help="DP-SGD step time / non-private step time, and peak memory")
+    dp.add_argument("--size", type=int, default=224, help="image side (default 224)")
+    dp.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    dp.add_argument("--modes", default="vmap,hooks,ew", help="grad_sample_modes to time (default vmap,hooks,ew)")
+    dp.add_argument("--steps", type=int, default=5, help="timed steps per mode, after one warm-up (default 5)")
+    dp.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    dp.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
     args = parser.parse_args(argv)
+
+    if args.command == "dpsgd":
+        print(
+            f"ResNet-18 (GroupNorm), {args.size} px, batch {args.batch}, {args.threads} threads; median of "
+            f"{args.steps} steps; each mode in its own process"
+        )
+        print(f"{'mode':<10} {'device':<8} {'step ms':>10} {'vs SGD':>9} {'peak GiB':>10} {'extra GiB':>10}")
+        bench_dpsgd(
+            size=args.size,
+            batch=args.batch,
+            modes=args.modes.split(","),
+            steps=args.steps,
+            threads=args.threads,
+            device=args.device,
+        )
+        return
 
     if args.command == "ldp":
         print(

@@ -88,6 +88,11 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
 def _check_semantics(config: Mapping[str, Any]) -> None:
     """Rules a JSON schema cannot express."""
     datasets = config["datasets"]
+    if config["model"]["crop"] > config["image_size"]:
+        raise ConfigError(
+            f"invalid configuration:\n  model.crop: {config['model']['crop']} is larger than image_size "
+            f"{config['image_size']}"
+        )
     if not any(d["enabled"] for d in datasets.values()):
         raise ConfigError("invalid configuration:\n  datasets: every dataset is disabled; enable at least one")
     for name, ds in datasets.items():
