@@ -43,6 +43,16 @@ MANIFEST_COLUMNS = ("index", "source", "label", "class_name", "group", "origin")
 
 
 # ----------------------------------------------------------------------------------------------- splitting
+def _carve_validation(
+    pool: list[Record], *, fraction: float, seed: int, what: str
+) -> tuple[list[Record], list[Record]]:
+    """(train, val): a stratified, group-respecting ``fraction`` of ``pool`` held out for validation."""
+    held = stratified_group_holdout(
+        [r.label for r in pool], [r.group for r in pool], fraction=fraction, seed=seed, what=what
+    )
+    return [r for r, h in zip(pool, held, strict=True) if not h], [r for r, h in zip(pool, held, strict=True) if h]
+
+
 def assign_splits(
     dataset: str,
     inventory: Inventory,
@@ -73,28 +83,12 @@ def assign_splits(
             train = [r for r in records if r.origin == "train"]
         else:
             pool = [r for r in records if r.origin in {"train", "val"}]
-            held = stratified_group_holdout(
-                [r.label for r in pool],
-                [r.group for r in pool],
-                fraction=val_fraction,
-                seed=seed,
-                what="chest_xray training pool",
-            )
-            train = [r for r, h in zip(pool, held, strict=True) if not h]
-            val = [r for r, h in zip(pool, held, strict=True) if h]
+            train, val = _carve_validation(pool, fraction=val_fraction, seed=seed, what="chest_xray training pool")
     elif dataset == "aptos":
         is_test = stratified_holdout([r.label for r in records], fraction=test_fraction, seed=seed)
         test = [r for r, t in zip(records, is_test, strict=True) if t]
         pool = [r for r, t in zip(records, is_test, strict=True) if not t]
-        held = stratified_group_holdout(
-            [r.label for r in pool],
-            [r.group for r in pool],
-            fraction=val_fraction,
-            seed=seed,
-            what="aptos training pool",
-        )
-        train = [r for r, h in zip(pool, held, strict=True) if not h]
-        val = [r for r, h in zip(pool, held, strict=True) if h]
+        train, val = _carve_validation(pool, fraction=val_fraction, seed=seed, what="aptos training pool")
     else:
         raise ValueError(f"unknown dataset {dataset!r}")
     return {"train": train, "val": val, "test": test}
