@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from . import dpsgd as dpm
 from .errors import DPMedBenchError
 from .fileio import atomic_outputs
 from .models import build_resnet18
@@ -297,8 +298,6 @@ def train_cell(
 
     privacy: dict[str, Any]
     if dp:
-        from . import dpsgd as dpm
-
         dpm.validate_for_dp(model)
         forward, sampler = dpm.make_grad_sampler(model, config.dpsgd.grad_sample_mode)  # type: ignore[arg-type]
         q = config.batch_size / n
@@ -355,7 +354,7 @@ def train_cell(
             state = {k: saved[k] for k in ("epoch", "history", "accountant", "best")}
             log.info("resuming after epoch %d from %s", state["epoch"], resume_path)
         else:
-            log.info("ignoring %s: it was written with other settings or code", resume_path)
+            log.info("ignoring %s: it was written with other settings or code, or is incomplete", resume_path)
     best_state = torch.load(resume_best, map_location=device, weights_only=True) if state["best"] else None
 
     started = time.perf_counter()
@@ -404,8 +403,6 @@ def train_cell(
                     optimizer.step()
             row = _epoch_row(epoch, model, splits, prep, config, loss_sum, correct, seen)
             if dp:
-                from . import dpsgd as dpm
-
                 row["epsilon_rdp"] = dpm.epsilon(state["accountant"], delta=config.dpsgd.delta, accountant="rdp")
             row["seconds"] = round(time.perf_counter() - t0, 3)
             state["history"].append(row)
@@ -418,16 +415,16 @@ def train_cell(
 
     assert best_state is not None
     if dp:
-        from . import dpsgd as dpm
-
         steps = sum(h[2] for h in state["accountant"])
+        delta = config.dpsgd.delta
+        spent = {acc: dpm.epsilon(state["accountant"], delta=delta, accountant=acc) for acc in dpm.ACCOUNTANTS}
         privacy = {
             "mechanism": "dpsgd",
             "target_epsilon": 1.0 / config.beta if config.dpsgd.noise_multiplier is None else None,
-            "epsilon": dpm.epsilon(state["accountant"], delta=config.dpsgd.delta, accountant=config.dpsgd.accountant),
+            "epsilon": spent[config.dpsgd.accountant],
             "accountant": config.dpsgd.accountant,
-            "epsilon_prv": dpm.epsilon(state["accountant"], delta=config.dpsgd.delta, accountant="prv"),
-            "epsilon_rdp": dpm.epsilon(state["accountant"], delta=config.dpsgd.delta, accountant="rdp"),
+            "epsilon_prv": spent["prv"],
+            "epsilon_rdp": spent["rdp"],
             "delta": config.dpsgd.delta,
             "noise_multiplier": sigma,
             "noise_multiplier_source": "given"
