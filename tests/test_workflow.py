@@ -97,6 +97,14 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
             target = 1 / metrics["cell"]["beta"]
             assert target - 0.02 < privacy["epsilon"] <= target + 1e-6 and privacy["accountant"] == "prv"
             assert history["epsilon_rdp"].is_monotonic_increasing
+        evaluation = json.loads((path.parent / "evaluation.json").read_text())
+        assert evaluation["cell"] == metrics["cell"] and evaluation["test"]["n"] == 12
+        assert ("quadratic_kappa" in evaluation["test"]) == (metrics["cell"]["dataset"] == "aptos")
+        expected_audits = {"noisy_members", "clean_members"} if metrics["cell"]["mechanism"] == "ldp" else {"members"}
+        assert set(evaluation["audit"]) == expected_audits
+    summary = pd.read_csv(demo / "results" / "summary.csv")
+    assert len(summary) == len(cells) and summary["audit_auc"].between(0, 1).all()
+    assert summary.loc[summary["mechanism"] == "none", "epsilon"].isna().all()
     again = snakemake(demo, "--configfile", "config/demo.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -147,8 +155,8 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
     config = _demo_config(demo)
     config["datasets"]["aptos"]["val_fraction"] = 0.2
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "prepare": 1, "ldp_copy": 3, "figure2": 1, "train": 7}
-    assert {w.split(",")[0] for w in _wildcards(dry)} == {"dataset=aptos"}
+    assert _jobs(dry) == {"all": 1, "prepare": 1, "ldp_copy": 3, "figure2": 1, "train": 7, "evaluate": 7, "summary": 1}
+    assert {w.split(",")[0] for w in _wildcards(dry) if w.startswith("dataset=")} == {"dataset=aptos"}
     config["image_size"] = 44  # touches both datasets, but no download
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
@@ -163,13 +171,13 @@ def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
     config = _demo_config(demo)
     config["betas"] = [1, 2, 4, 8]
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "ldp_copy": 2, "figure2": 2, "train": 4}
+    assert _jobs(dry) == {"all": 1, "ldp_copy": 2, "figure2": 2, "train": 4, "evaluate": 4, "summary": 1}
     trained = {w for w in _wildcards(dry) if "mechanism" in w}
     assert all("beta=8" in w for w in trained) and len(trained) == 4
     config["betas"] = [1, 2, 4]
     config["seeds"] = [0, 1]
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "train": 14}
+    assert _jobs(dry) == {"all": 1, "train": 14, "evaluate": 14, "summary": 1}
     assert all("seed=1" in w for w in _wildcards(dry))
 
 
@@ -177,14 +185,21 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     config = _demo_config(demo)
     config["datasets"]["chest_xray"]["train"]["lr"] = 0.02
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "train": 7}
+    assert _jobs(dry) == {"all": 1, "train": 7, "evaluate": 7, "summary": 1}
     assert all("dataset=chest_xray" in w for w in _wildcards(dry))
     config = _demo_config(demo)
     config["dpsgd"]["max_grad_norm"] = 2.0  # DP-SGD cells only
-    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "train": 6}
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "train": 6, "evaluate": 6, "summary": 1}
     config = _demo_config(demo)
     config["datasets"]["chest_xray"]["ldp"]["clip"] = True  # that dataset's copies and their cells
-    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "ldp_copy": 3, "figure2": 1, "train": 3}
+    assert _jobs(snakemake(demo, "-n", config=config)) == {
+        "all": 1,
+        "ldp_copy": 3,
+        "figure2": 1,
+        "train": 3,
+        "evaluate": 3,
+        "summary": 1,
+    }
     config = _demo_config(demo)
     config.setdefault("ldp", {})["figure_index"] = 2  # a plotting option: no training
     assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figure2": 2}

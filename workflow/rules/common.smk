@@ -30,6 +30,10 @@ PREPARE_CODE = code_digest(
 LDP_CODE = code_digest("ldp", "quality", "fileio")
 FIGURE_CODE = code_digest("figures", "ldp", "quality", "fileio")
 TRAIN_CODE = code_digest("train", "models", "dpsgd", "fileio", "errors")
+EVALUATE_CODE = code_digest(
+    "evaluate", "metrics", "audit", "train", "models", "ldp", "fileio"
+)
+SUMMARY_CODE = code_digest("summary", "fileio")
 BETA_LABELS = [beta_label(b) for b in config["betas"]]
 WEIGHTS_URL = RESNET18_URL
 WEIGHTS_DEFAULT = f"data/weights/{RESNET18_URL.rsplit('/', 1)[1]}"
@@ -88,10 +92,40 @@ def cells():
     return out
 
 
+def cell_dir(dataset, mechanism, beta, seed):
+    return f"results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}"
+
+
 def cell_outputs():
-    return [
-        f"results/cells/{d}/{m}/beta{b}/seed{s}/metrics.json" for d, m, b, s in cells()
-    ]
+    return [f"{cell_dir(*c)}/metrics.json" for c in cells()] + ["results/summary.csv"]
+
+
+def evaluate_inputs(wildcards):
+    """best.pt and metrics.json of the cell, the clean test and train splits, and for 'ldp' the noisy copy."""
+    cell = cell_dir(
+        wildcards.dataset, wildcards.mechanism, wildcards.beta, wildcards.seed
+    )
+    prepared = f"data/prepared/{wildcards.dataset}"
+    inputs = {
+        "best": f"{cell}/best.pt",
+        "metrics": f"{cell}/metrics.json",
+        "test": f"{prepared}/test.npy",
+        "test_csv": f"{prepared}/test.csv",
+        "train_clean": f"{prepared}/train.npy",
+        "train_clean_csv": f"{prepared}/train.csv",
+    }
+    if wildcards.mechanism == "ldp":
+        copy = f"data/ldp/{wildcards.dataset}/beta{wildcards.beta}"
+        inputs.update(
+            train_seen=f"{copy}/train.npy",
+            train_seen_csv=f"{prepared}/train.csv",
+            val_noisy=f"{copy}/val.npy",
+            val_noisy_csv=f"{prepared}/val.csv",
+            val_clean=f"{prepared}/val.npy",
+            val_clean_csv=f"{prepared}/val.csv",
+            privacy=f"{copy}/privacy.json",
+        )
+    return inputs
 
 
 def train_inputs(wildcards):

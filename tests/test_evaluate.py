@@ -1,0 +1,91 @@
+"""Evaluation and summary of trained cells: real tiny training runs, then evaluate_cell and write_summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from dpmedbench.evaluate import evaluate_cell
+from dpmedbench.ldp import materialise_copy
+from dpmedbench.summary import COLUMNS, write_summary
+from dpmedbench.train import train_cell
+
+from .test_train import make_split, tiny
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.mark.parametrize("mechanism", ["none", "ldp", "dpsgd"])
+def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
+    folder = tmp_path / "prepared"
+    data = {s: make_split(folder, s, n, seed=i) for i, (s, n) in enumerate((("train", 24), ("val", 8), ("test", 10)))}
+    inputs = {
+        "test": data["test"][0],
+        "test_csv": data["test"][1],
+        "train_clean": data["train"][0],
+        "train_clean_csv": data["train"][1],
+    }
+    train, val, extra = data["train"], data["val"], {}
+    if mechanism == "ldp":
+        copy = tmp_path / "copy"
+        materialise_copy(
+            dataset="chest_xray",
+            beta=0.5,
+            mechanism="laplace_pixel",
+            clip=False,
+            seed=1,
+            noise_source="seeded",
+            inputs={"train": data["train"][0], "val": data["val"][0]},
+            outputs={"train": copy / "train.npy", "val": copy / "val.npy"},
+            privacy_json=copy / "privacy.json",
+        )
+        train, val = (str(copy / "train.npy"), data["train"][1]), (str(copy / "val.npy"), data["val"][1])
+        extra = {"val_clean": data["val"], "ldp_privacy": copy / "privacy.json"}
+        inputs.update(
+            train_seen=train[0],
+            train_seen_csv=train[1],
+            val_noisy=val[0],
+            val_noisy_csv=val[1],
+            val_clean=data["val"][0],
+            val_clean_csv=data["val"][1],
+            privacy=str(copy / "privacy.json"),
+        )
+    cell = tmp_path / "cell"
+    train_cell(tiny(mechanism, beta=0.5), train=train, val=val, test=data["test"], out_dir=cell, **extra)
+    result = evaluate_cell(
+        best=cell / "best.pt",
+        metrics=cell / "metrics.json",
+        inputs=inputs,
+        out_json=cell / "evaluation.json",
+        device="cpu",
+        bootstrap=50,
+    )
+    assert json.loads((cell / "evaluation.json").read_text()) == result
+    test = result["test"]
+    assert test["n"] == 10 and np.array(test["confusion_matrix"]).sum() == 10
+    assert test["accuracy_ci"][0] <= test["accuracy"] <= test["accuracy_ci"][1]
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert test["accuracy"] == pytest.approx(metrics["test_acc"])  # the same model, the same split
+    headline = result["audit"][result["audit_headline"]]
+    assert headline["n_members"] == headline["n_nonmembers"] == 10 and 0 <= headline["auc"] <= 1
+    if mechanism == "ldp":
+        assert set(result["audit"]) == {"noisy_members", "clean_members"}
+        assert result["val_noisy"]["n"] == result["val_clean"]["n"] == 8
+
+    rows = write_summary(
+        metrics=[cell / "metrics.json"], evaluations=[cell / "evaluation.json"], out_csv=tmp_path / "summary.csv"
+    )
+    with open(tmp_path / "summary.csv", newline="") as fh:
+        written = list(csv.DictReader(fh))
+    assert tuple(written[0]) == COLUMNS and len(written) == 1
+    row = rows[0]
+    assert row["mechanism"] == mechanism and row["test_acc"] == metrics["test_acc"]
+    assert row["audit_auc"] == headline["auc"]
+    if mechanism == "dpsgd":
+        assert row["accountant"] == "prv" and row["epsilon"] <= 2.0 + 0.02 and row["steps"] == 6
+    elif mechanism == "ldp":
+        assert row["epsilon"] == 2.0 and row["audit_clean_auc"] is not None
+    else:
+        assert row["epsilon"] is None and row["accountant"] is None

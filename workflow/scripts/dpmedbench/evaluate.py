@@ -1,0 +1,134 @@
+"""Evaluate a trained cell from ``best.pt``: clinical metrics on the test split (and, for Local-DP cells, on the
+noisy and the clean validation data), and the membership-inference audit. Writes ``evaluation.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .audit import loss_attack
+from .fileio import atomic_outputs
+from .ldp import _store, noisy_batch, storage_of
+from .metrics import classification_report
+from .models import build_resnet18
+from .train import Preprocess, Split, derive_seed, load_split, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: Split, prep: Preprocess, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities (N, K), per-image cross-entropy (N,)) of ``model`` in eval mode."""
+    model.eval()
+    probas, losses = [], []
+    for idx in torch.arange(len(split), device=split.labels.device).split(batch):
+        logits = model(prep(split.images[idx], train=False))
+        probas.append(torch.softmax(logits, 1).cpu())
+        losses.append(F.cross_entropy(logits, split.labels[idx], reduction="none").cpu())
+    return torch.cat(probas).double().numpy(), torch.cat(losses).double().numpy()
+
+
+def _noised_like_copy(split: Split, privacy: Mapping[str, Any], *, dataset: str, seed: int) -> Split:
+    """The held-out images noised exactly as the Local-DP copy was (same mechanism, beta and storage; their own
+    seeded generators), so that a noisy member and a noisy non-member differ only in membership."""
+    clean = split.images.cpu().numpy()
+    values = noisy_batch(
+        clean,
+        mechanism=privacy["mechanism"],
+        beta=privacy["beta"],
+        seed=seed,
+        dataset=dataset,
+        split="audit-nonmembers",
+        start=0,
+    )
+    stored = np.empty(clean.shape, dtype=storage_of(privacy["mechanism"], privacy["clipped"]))
+    _store(values, stored)
+    return Split(
+        name=f"{split.name}-noised", images=torch.from_numpy(stored).to(split.images.device), labels=split.labels
+    )
+
+
+def evaluate_cell(
+    *,
+    best: str | os.PathLike[str],
+    metrics: str | os.PathLike[str],
+    inputs: Mapping[str, str],
+    out_json: str | os.PathLike[str],
+    device: str = "auto",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    threads: int = 1,
+    eval_batch: int = 256,
+) -> dict[str, Any]:
+    """``inputs``: (array, manifest) paths keyed ``test``, ``train_clean`` and, for ``ldp`` cells, ``train_seen``
+    (the noisy copy), ``val_noisy``, ``val_clean`` and ``privacy``."""
+    torch.set_num_threads(max(1, threads))
+    dev = pick_device(device)
+    cell = json.loads(Path(metrics).read_text())
+    checkpoint = torch.load(best, map_location=dev, weights_only=True)
+    model = build_resnet18(num_classes=checkpoint["classes"], weights=None, norm=checkpoint["norm"]).to(dev)
+    model.load_state_dict(checkpoint["model"])
+    prep = Preprocess(crop=checkpoint["crop"], augment=False, normalize=checkpoint["normalize"], device=dev)
+    kappa = cell["cell"]["dataset"] == "aptos"
+    ldp = cell["cell"]["mechanism"] == "ldp"
+
+    def split(key: str) -> Split:
+        return load_split(key, inputs[f"{key}"], inputs[f"{key}_csv"], dev)
+
+    test = split("test")
+    test_proba, test_loss = predict(model, test, prep, eval_batch)
+    result: dict[str, Any] = {
+        "cell": cell["cell"],
+        "best_epoch": checkpoint["epoch"],
+        "test": classification_report(
+            test.labels.cpu().numpy(), test_proba, kappa=kappa, bootstrap=bootstrap, seed=derive_seed(seed, "bootstrap")
+        ),
+    }
+    for key in ("val_noisy", "val_clean") if ldp else ():
+        s = split(key)
+        proba, _ = predict(model, s, prep, eval_batch)
+        result[key] = classification_report(s.labels.cpu().numpy(), proba, kappa=kappa, bootstrap=0)
+
+    train_clean = split("train_clean")
+    _, clean_losses = predict(model, train_clean, prep, eval_batch)
+    audit_seed = derive_seed(seed, "audit")
+    audits = {}
+    if ldp:
+        privacy = json.loads(Path(inputs["privacy"]).read_text())
+        _, seen_losses = predict(model, split("train_seen"), prep, eval_batch)
+        noised_test = _noised_like_copy(test, privacy, dataset=cell["cell"]["dataset"], seed=derive_seed(seed, "nm"))
+        _, noised_losses = predict(model, noised_test, prep, eval_batch)
+        audits["noisy_members"] = {
+            **loss_attack(seen_losses, noised_losses, seed=audit_seed),
+            "members": "the noisy training images the model saw",
+            "nonmembers": "test images noised the same way",
+        }
+        audits["clean_members"] = {
+            **loss_attack(clean_losses, test_loss, seed=audit_seed),
+            "members": "the clean originals of the training images",
+            "nonmembers": "clean test images",
+        }
+    else:
+        audits["members"] = {
+            **loss_attack(clean_losses, test_loss, seed=audit_seed),
+            "members": "the training images",
+            "nonmembers": "test images (held out, same distribution)",
+        }
+    result["audit"] = audits
+    result["audit_headline"] = "noisy_members" if ldp else "members"
+    with atomic_outputs(out_json) as (tmp,):
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    log.info(
+        "test %s; audit %s",
+        {k: result["test"][k] for k in ("accuracy", "auroc")},
+        {k: v["auc"] for k, v in audits.items()},
+    )
+    return result

@@ -1,0 +1,110 @@
+"""``results/summary.csv``: one row per cell, built only from each cell's ``metrics.json`` and
+``evaluation.json``. Columns are documented in the README (section Results)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_outputs
+
+COLUMNS = (
+    "dataset",
+    "mechanism",
+    "beta",
+    "seed",
+    "epsilon",
+    "delta",
+    "accountant",
+    "epsilon_rdp",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "epochs",
+    "train_acc",
+    "val_acc",
+    "test_acc",
+    "best_epoch",
+    "test_acc_max",
+    "test_acc_max_epoch",
+    "test_accuracy_ci_low",
+    "test_accuracy_ci_high",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "test_auroc",
+    "test_auroc_ci_low",
+    "test_auroc_ci_high",
+    "test_quadratic_kappa",
+    "val_clean_acc",
+    "audit_auc",
+    "audit_tpr_at_1pct_fpr",
+    "audit_n",
+    "audit_members",
+    "audit_clean_auc",
+    "audit_clean_tpr_at_1pct_fpr",
+)
+
+
+def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    privacy = metrics["privacy"]
+    test = evaluation["test"]
+    headline = evaluation["audit"][evaluation["audit_headline"]]
+    clean = evaluation["audit"].get("clean_members", {})
+    return {
+        **metrics["cell"],
+        "epsilon": privacy.get("epsilon"),
+        "delta": privacy.get("delta"),
+        "accountant": privacy.get("accountant")
+        if privacy["mechanism"] == "dpsgd"
+        else ("Laplace mechanism, per pixel value" if privacy.get("epsilon") is not None else None),
+        "epsilon_rdp": privacy.get("epsilon_rdp"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "sample_rate": privacy.get("sample_rate"),
+        "steps": privacy.get("steps"),
+        "epochs": metrics["config"]["epochs"],
+        "train_acc": metrics["train_acc"],
+        "val_acc": metrics["val_acc"],
+        "test_acc": metrics["test_acc"],
+        "best_epoch": metrics["best_epoch"],
+        "test_acc_max": metrics["test_acc_max"],
+        "test_acc_max_epoch": metrics["test_acc_max_epoch"],
+        "test_accuracy_ci_low": (test.get("accuracy_ci") or [None, None])[0],
+        "test_accuracy_ci_high": (test.get("accuracy_ci") or [None, None])[1],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_auroc": test["auroc"],
+        "test_auroc_ci_low": (test.get("auroc_ci") or [None, None])[0],
+        "test_auroc_ci_high": (test.get("auroc_ci") or [None, None])[1],
+        "test_quadratic_kappa": test.get("quadratic_kappa"),
+        "val_clean_acc": metrics.get("val_clean_acc"),
+        "audit_auc": headline["auc"],
+        "audit_tpr_at_1pct_fpr": headline["tpr_at_1pct_fpr"],
+        "audit_n": headline["n_members"],
+        "audit_members": headline["members"],
+        "audit_clean_auc": clean.get("auc"),
+        "audit_clean_tpr_at_1pct_fpr": clean.get("tpr_at_1pct_fpr"),
+    }
+
+
+def write_summary(
+    *,
+    metrics: Sequence[str | os.PathLike[str]],
+    evaluations: Sequence[str | os.PathLike[str]],
+    out_csv: str | os.PathLike[str],
+) -> list[dict[str, Any]]:
+    """One row per cell, ordered by dataset, mechanism, beta, seed."""
+    rows = [
+        summary_row(json.loads(Path(m).read_text()), json.loads(Path(e).read_text()))
+        for m, e in zip(metrics, evaluations, strict=True)
+    ]
+    order = {"none": 0, "ldp": 1, "dpsgd": 2}
+    rows.sort(key=lambda r: (r["dataset"], order[r["mechanism"]], r["beta"], r["seed"]))
+    with atomic_outputs(out_csv) as (tmp,), open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,24 @@
+"""Snakemake adapter: evaluate one cell and audit it (dpmedbench.evaluate.evaluate_cell)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dpmedbench.evaluate import evaluate_cell
+from dpmedbench.logs import run_logged
+
+inputs = dict(snakemake.input.items())  # noqa: F821
+run_logged(
+    snakemake.log[0],  # noqa: F821
+    evaluate_cell,
+    best=inputs.pop("best"),
+    metrics=inputs.pop("metrics"),
+    inputs=inputs,
+    out_json=snakemake.output[0],  # noqa: F821
+    device=snakemake.params.device,  # noqa: F821
+    bootstrap=snakemake.params.bootstrap,  # noqa: F821
+    seed=snakemake.params.seed,  # noqa: F821
+    eval_batch=snakemake.params.eval_batch,  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
+)
