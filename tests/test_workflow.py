@@ -103,6 +103,12 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
         expected_audits = {"noisy_members", "clean_members"} if metrics["cell"]["mechanism"] == "ldp" else {"members"}
         assert set(evaluation["audit"]) == expected_audits
     summary = pd.read_csv(demo / "results" / "summary.csv")
+    for name in ("main", "paper_comparison"):
+        for ext in ("csv", "md", "tex"):
+            assert (demo / "results" / "tables" / f"{name}.{ext}").stat().st_size > 100
+    for name in ("figure3_learning_curves", "figure4_accuracy", "privacy_utility", "audit_auc"):
+        for ext in ("png", "pdf"):
+            assert (demo / "results" / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert len(summary) == len(cells) and summary["audit_auc"].between(0, 1).all()
     assert summary.loc[summary["mechanism"] == "none", "epsilon"].isna().all()
     again = snakemake(demo, "--configfile", "config/demo.yaml")
@@ -155,7 +161,17 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
     config = _demo_config(demo)
     config["datasets"]["aptos"]["val_fraction"] = 0.2
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "prepare": 1, "ldp_copy": 3, "figure2": 1, "train": 7, "evaluate": 7, "summary": 1}
+    assert _jobs(dry) == {
+        "all": 1,
+        "prepare": 1,
+        "ldp_copy": 3,
+        "figure2": 1,
+        "train": 7,
+        "evaluate": 7,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
     assert {w.split(",")[0] for w in _wildcards(dry) if w.startswith("dataset=")} == {"dataset=aptos"}
     config["image_size"] = 44  # touches both datasets, but no download
     assert _jobs(snakemake(demo, "-n", config=config)) == {
@@ -164,6 +180,10 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
         "ldp_copy": 6,
         "figure2": 2,
         "train": 14,
+        "evaluate": 14,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
     }
 
 
@@ -171,13 +191,22 @@ def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
     config = _demo_config(demo)
     config["betas"] = [1, 2, 4, 8]
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "ldp_copy": 2, "figure2": 2, "train": 4, "evaluate": 4, "summary": 1}
+    assert _jobs(dry) == {
+        "all": 1,
+        "ldp_copy": 2,
+        "figure2": 2,
+        "train": 4,
+        "evaluate": 4,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
     trained = {w for w in _wildcards(dry) if "mechanism" in w}
     assert all("beta=8" in w for w in trained) and len(trained) == 4
     config["betas"] = [1, 2, 4]
     config["seeds"] = [0, 1]
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "train": 14, "evaluate": 14, "summary": 1}
+    assert _jobs(dry) == {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}
     assert all("seed=1" in w for w in _wildcards(dry))
 
 
@@ -185,11 +214,18 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     config = _demo_config(demo)
     config["datasets"]["chest_xray"]["train"]["lr"] = 0.02
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "train": 7, "evaluate": 7, "summary": 1}
+    assert _jobs(dry) == {"all": 1, "train": 7, "evaluate": 7, "summary": 1, "tables": 1, "figures": 1}
     assert all("dataset=chest_xray" in w for w in _wildcards(dry))
     config = _demo_config(demo)
     config["dpsgd"]["max_grad_norm"] = 2.0  # DP-SGD cells only
-    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "train": 6, "evaluate": 6, "summary": 1}
+    assert _jobs(snakemake(demo, "-n", config=config)) == {
+        "all": 1,
+        "train": 6,
+        "evaluate": 6,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
     config = _demo_config(demo)
     config["datasets"]["chest_xray"]["ldp"]["clip"] = True  # that dataset's copies and their cells
     assert _jobs(snakemake(demo, "-n", config=config)) == {
@@ -199,10 +235,15 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
         "train": 3,
         "evaluate": 3,
         "summary": 1,
+        "tables": 1,
+        "figures": 1,
     }
     config = _demo_config(demo)
     config.setdefault("ldp", {})["figure_index"] = 2  # a plotting option: no training
     assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figure2": 2}
+    config = _demo_config(demo)
+    config["plots"] = {"dpi": 100}  # another plotting option: the result figures only
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figures": 1}
 
 
 def test_real_layouts_from_local_zip_and_folder(workdir, tmp_path):

@@ -34,6 +34,7 @@ EVALUATE_CODE = code_digest(
     "evaluate", "metrics", "audit", "train", "models", "ldp", "fileio"
 )
 SUMMARY_CODE = code_digest("summary", "fileio")
+REPORT_CODE = code_digest("report", "fileio")
 BETA_LABELS = [beta_label(b) for b in config["betas"]]
 WEIGHTS_URL = RESNET18_URL
 WEIGHTS_DEFAULT = f"data/weights/{RESNET18_URL.rsplit('/', 1)[1]}"
@@ -97,7 +98,25 @@ def cell_dir(dataset, mechanism, beta, seed):
 
 
 def cell_outputs():
-    return [f"{cell_dir(*c)}/metrics.json" for c in cells()] + ["results/summary.csv"]
+    tables_and_figures = expand(
+        "results/tables/{name}.{ext}",
+        name=("main", "paper_comparison"),
+        ext=("csv", "md", "tex"),
+    )
+    tables_and_figures += expand(
+        "results/figures/{name}.{ext}",
+        name=(
+            "figure3_learning_curves",
+            "figure4_accuracy",
+            "privacy_utility",
+            "audit_auc",
+        ),
+        ext=("png", "pdf"),
+    )
+    return [f"{cell_dir(*c)}/metrics.json" for c in cells()] + [
+        "results/summary.csv",
+        *tables_and_figures,
+    ]
 
 
 def evaluate_inputs(wildcards):

@@ -35,3 +35,46 @@ rule summary:
         code=SUMMARY_CODE,
     script:
         "../scripts/summary.py"
+
+
+rule tables:
+    input:
+        "results/summary.csv",
+    output:
+        main=multiext("results/tables/main", ".csv", ".md", ".tex"),
+        paper=multiext("results/tables/paper_comparison", ".csv", ".md", ".tex"),
+    log:
+        "logs/tables.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        code=REPORT_CODE,
+    script:
+        "../scripts/tables.py"
+
+
+rule figures:
+    input:
+        summary="results/summary.csv",
+        histories=[f"{cell_dir(*c)}/history.csv" for c in cells()],
+    output:
+        expand(
+            "results/figures/{name}.{ext}",
+            name=(
+                "figure3_learning_curves",
+                "figure4_accuracy",
+                "privacy_utility",
+                "audit_auc",
+            ),
+            ext=("png", "pdf"),
+        ),
+    log:
+        "logs/figures.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        cells=cells(),
+        dpi=config["plots"]["dpi"],
+        code=REPORT_CODE,
+    script:
+        "../scripts/figures.py"

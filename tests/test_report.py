@@ -1,0 +1,85 @@
+"""Tables and figures from a summary and histories (built here, as the pipeline writes them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dpmedbench.report import PAPER_BASELINES, aggregate, draw_figures, write_tables
+from dpmedbench.summary import COLUMNS
+
+
+@pytest.fixture
+def results(tmp_path):
+    rng = np.random.default_rng(0)
+    rows, cells, histories = [], [], []
+    for dataset in ("chest_xray", "aptos"):
+        for mechanism, betas in (("none", [0.0]), ("ldp", [1.0, 2.0]), ("dpsgd", [1.0, 2.0])):
+            for beta in betas:
+                for seed in (0, 1):
+                    row = dict.fromkeys(COLUMNS)
+                    row.update(
+                        dataset=dataset,
+                        mechanism=mechanism,
+                        beta=beta,
+                        seed=seed,
+                        epsilon=None if mechanism == "none" else 1 / beta,
+                        train_acc=rng.uniform(0.5, 1),
+                        val_acc=rng.uniform(0.5, 1),
+                        test_acc=0.6 + 0.1 * seed,
+                        test_acc_max=0.9,
+                        test_balanced_accuracy=0.6,
+                        test_macro_f1=0.6,
+                        test_auroc=0.7,
+                        audit_auc=0.55,
+                        audit_tpr_at_1pct_fpr=0.02,
+                        epochs=3,
+                    )
+                    rows.append(row)
+                    path = tmp_path / f"{dataset}-{mechanism}-{beta}-{seed}.csv"
+                    pd.DataFrame(
+                        {"epoch": [1, 2, 3], "train_acc": rng.uniform(0, 1, 3), "test_acc": rng.uniform(0, 1, 3)}
+                    ).to_csv(path, index=False)
+                    cells.append((dataset, mechanism, f"{beta:g}", seed))
+                    histories.append(str(path))
+    summary = tmp_path / "summary.csv"
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(summary, index=False)
+    return summary, cells, histories
+
+
+def test_aggregate_over_seeds(results):
+    summary, _, _ = results
+    table = aggregate(pd.read_csv(summary))
+    assert len(table) == 10 and (table["seeds"] == 2).all()
+    assert table["test_acc_mean"].tolist() == pytest.approx([0.65] * 10)
+    assert table["test_acc_sd"].tolist() == pytest.approx([np.std([0.6, 0.7], ddof=1)] * 10)
+    assert list(table["mechanism"][:5]) == ["none", "ldp", "ldp", "dpsgd", "dpsgd"]
+    assert table.loc[table["mechanism"] == "none", "epsilon_mean"].isna().all()
+
+
+def test_tables_in_three_formats(results, tmp_path):
+    summary, _, _ = results
+    main = [str(tmp_path / f"main.{e}") for e in ("csv", "md", "tex")]
+    paper = [str(tmp_path / f"paper.{e}") for e in ("csv", "md", "tex")]
+    write_tables(summary_csv=summary, main=main, paper=paper)
+    md = (tmp_path / "main.md").read_text()
+    assert "65.0 ± 7.1" in md and "| Local-DP" in md
+    tex = (tmp_path / "main.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex and "±" not in tex
+    comparison = pd.read_csv(tmp_path / "paper.csv")
+    baseline = comparison[(comparison["dataset"] == "chest_xray") & (comparison["mechanism"] == "no privacy")]
+    assert baseline["paper test (%)"].astype(float).item() == PAPER_BASELINES["chest_xray"][1]
+    assert baseline["ours test, best-test epoch (authors' protocol, %)"].item() == 90.0
+    assert baseline["ours test, best-val epoch (%)"].item() == 65.0
+
+
+def test_figures_are_drawn(results, tmp_path):
+    summary, cells, histories = results
+    names = ("figure3", "figure4", "privacy_utility", "audit_auc")
+    outputs = [str(tmp_path / f"{n}.{e}") for n in names for e in ("png", "pdf")]
+    draw_figures(summary_csv=str(summary), histories=histories, cells=cells, outputs=outputs, dpi=60)
+    for path in outputs:
+        head = Path(path).read_bytes()[:8]
+        assert head.startswith(b"\x89PNG") if path.endswith("png") else head.startswith(b"%PDF")

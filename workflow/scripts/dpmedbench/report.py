@@ -1,0 +1,311 @@
+"""Tables and figures of the results, built only from ``results/summary.csv`` and the cells' ``history.csv``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .fileio import atomic_outputs
+
+#: Numbers the paper's text reports (Singh et al. 2020, section "Experimental Result"): the non-private
+#: baselines' train/test accuracy in %. LDP and DP-SGD values appear only as bars in its Figure 4.
+PAPER_BASELINES = {"chest_xray": (99.76, 90.22), "aptos": (98.39, 80.21)}
+GROUP = ["dataset", "mechanism", "beta"]
+TABLE_METRICS = {
+    "epsilon": "ε",
+    "train_acc": "train acc",
+    "val_acc": "val acc",
+    "test_acc": "test acc",
+    "test_acc_max": "max test acc (authors)",
+    "test_balanced_accuracy": "balanced acc",
+    "test_macro_f1": "macro-F1",
+    "test_auroc": "AUROC",
+    "test_quadratic_kappa": "QWK",
+    "audit_auc": "MIA AUC",
+    "audit_tpr_at_1pct_fpr": "MIA TPR@1%FPR",
+}
+MECHANISM_ORDER = {"none": 0, "ldp": 1, "dpsgd": 2}
+LABELS = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
+
+
+def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of every table metric, per (dataset, mechanism, beta)."""
+    rows = []
+    for key, group in summary.groupby(GROUP, sort=False):
+        row = dict(zip(GROUP, key, strict=True))
+        row["seeds"] = len(group)
+        for col in TABLE_METRICS:
+            values = pd.to_numeric(group[col], errors="coerce").dropna()
+            row[f"{col}_mean"] = values.mean() if len(values) else np.nan
+            row[f"{col}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["_order"] = out["mechanism"].map(MECHANISM_ORDER)
+    return out.sort_values(["dataset", "_order", "beta"]).drop(columns="_order").reset_index(drop=True)
+
+
+def _cell(mean: float, sd: float, percent: bool, digits: int = 3) -> str:
+    if pd.isna(mean):
+        return "–"
+    scale = 100.0 if percent else 1.0
+    text = f"{mean * scale:.1f}" if percent else f"{mean:.{digits}g}"
+    if not pd.isna(sd):
+        text += f" ± {sd * scale:.1f}" if percent else f" ± {sd:.2g}"
+    return text
+
+
+def formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable table: accuracies in %, mean ± sd over seeds."""
+    out = pd.DataFrame(
+        {
+            "dataset": table["dataset"],
+            "mechanism": table["mechanism"].map(LABELS),
+            "β": table["beta"].map(lambda b: "–" if b == 0 else f"{b:g}"),
+            "seeds": table["seeds"],
+        }
+    )
+    for col, label in TABLE_METRICS.items():
+        percent = col.endswith("acc") or col.endswith("acc_max") or col == "test_balanced_accuracy"
+        out[label + (" (%)" if percent else "")] = [
+            _cell(m, s, percent) for m, s in zip(table[f"{col}_mean"], table[f"{col}_sd"], strict=True)
+        ]
+    return out
+
+
+def _latex(table: pd.DataFrame, caption: str) -> str:
+    def esc(text: object) -> str:
+        return (
+            str(text)
+            .replace("_", r"\_")
+            .replace("%", r"\%")
+            .replace("±", r"$\pm$")
+            .replace("ε", r"$\varepsilon$")
+            .replace("β", r"$\beta$")
+            .replace("–", "--")
+        )
+
+    cols = list(table.columns)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        f"\\caption{{{esc(caption)}}}",
+        r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}",
+        r"\toprule",
+        " & ".join(esc(c) for c in cols) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _write_table(table: pd.DataFrame, shown: pd.DataFrame, caption: str, paths: Sequence[Path]) -> None:
+    with atomic_outputs(*paths) as (csv_tmp, md_tmp, tex_tmp):
+        table.to_csv(csv_tmp, index=False)
+        md_tmp.write_text(f"{caption}\n\n{shown.to_markdown(index=False)}\n")
+        tex_tmp.write_text(_latex(shown, caption))
+
+
+def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our accuracies (mean over seeds, %) beside the paper's, under both selection rules."""
+    rows = []
+    table = aggregate(summary)
+    for r in table.itertuples(index=False):
+        paper = PAPER_BASELINES.get(r.dataset) if r.mechanism == "none" else None
+        rows.append(
+            {
+                "dataset": r.dataset,
+                "mechanism": LABELS[r.mechanism],
+                "β": "–" if r.beta == 0 else f"{r.beta:g}",
+                "paper train (%)": paper[0] if paper else "not in the text",
+                "paper test (%)": paper[1] if paper else "not in the text",
+                "ours train, best-val epoch (%)": round(100 * r.train_acc_mean, 2),
+                "ours test, best-val epoch (%)": round(100 * r.test_acc_mean, 2),
+                "ours test, best-test epoch (authors' protocol, %)": round(100 * r.test_acc_max_mean, 2),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], paper: Sequence[str]) -> None:
+    """``main`` and ``paper``: (csv, md, tex) paths each."""
+    summary = pd.read_csv(summary_csv)
+    table = aggregate(summary)
+    _write_table(
+        table,
+        formatted(table),
+        "Results per dataset, mechanism and β: mean ± sd over seeds; accuracies at the epoch of best "
+        "validation accuracy, except the authors' max test accuracy over epochs; ε at δ = 1e-4 "
+        "(DP-SGD, PRV accountant) or per pixel value (Local-DP).",
+        [Path(p) for p in main],
+    )
+    comparison = paper_comparison(summary)
+    _write_table(
+        comparison,
+        comparison,
+        "Our accuracies beside the paper's (Singh et al. 2020): the paper reports numbers only for the "
+        "baselines; it selected the epoch with the best test accuracy.",
+        [Path(p) for p in paper],
+    )
+
+
+# ------------------------------------------------------------------------------------------------- figures
+def _save(fig: plt.Figure, outputs: Sequence[str | os.PathLike[str]], dpi: int) -> None:
+    with atomic_outputs(*outputs) as tmps:
+        for tmp, final in zip(tmps, outputs, strict=True):
+            fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _cell_label(mechanism: str, beta: float) -> str:
+    return LABELS[mechanism] if mechanism == "none" else f"{LABELS[mechanism]} β={beta:g}"
+
+
+def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Sequence[str], dpi: int) -> None:
+    """Learning curves: train and test accuracy per epoch, one panel per (dataset, mechanism), one line per β
+    (mean over seeds)."""
+    frames = []
+    for (dataset, mechanism, beta, seed), path in histories.items():
+        h = pd.read_csv(path)
+        for split in ("train", "test"):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "dataset": dataset,
+                        "mechanism": LABELS[mechanism],
+                        "β": "–" if mechanism == "none" else f"{beta:g}",
+                        "seed": seed,
+                        "epoch": h["epoch"],
+                        "split": split,
+                        "accuracy": 100 * h[f"{split}_acc"],
+                    }
+                )
+            )
+    data = pd.concat(frames, ignore_index=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    grid = sns.relplot(
+        data=data,
+        x="epoch",
+        y="accuracy",
+        hue="β",
+        style="split",
+        row="dataset",
+        col="mechanism",
+        kind="line",
+        errorbar=None,
+        height=2.6,
+        aspect=1.25,
+        col_order=[LABELS[m] for m in MECHANISM_ORDER if LABELS[m] in set(data["mechanism"])],
+    )
+    grid.set_axis_labels("epoch", "accuracy (%)")
+    grid.set_titles("{row_name} · {col_name}")
+    grid.figure.suptitle("Figure 3: learning curves (mean over seeds)", y=1.02)
+    _save(grid.figure, outputs, dpi)
+
+
+def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
+    """Train and test accuracy (best-validation epoch, mean ± sd over seeds) by mechanism and β, per dataset."""
+    summary = pd.read_csv(summary_csv)
+    summary["cell"] = [_cell_label(m, b) for m, b in zip(summary["mechanism"], summary["beta"], strict=True)]
+    order = [
+        _cell_label(m, b)
+        for m, b in sorted(
+            {(m, b) for m, b in zip(summary["mechanism"], summary["beta"], strict=True)},
+            key=lambda t: (MECHANISM_ORDER[t[0]], t[1]),
+        )
+    ]
+    long = summary.melt(
+        id_vars=["dataset", "cell"], value_vars=["train_acc", "test_acc"], var_name="split", value_name="accuracy"
+    )
+    long["accuracy"] *= 100
+    long["split"] = long["split"].map({"train_acc": "train", "test_acc": "test"})
+    sns.set_theme(style="whitegrid", context="paper")
+    grid = sns.catplot(
+        data=long,
+        x="cell",
+        y="accuracy",
+        hue="split",
+        col="dataset",
+        kind="bar",
+        order=order,
+        errorbar="sd",
+        height=3.2,
+        aspect=1.4,
+    )
+    grid.set_axis_labels("", "accuracy (%)")
+    grid.set_titles("{col_name}")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    grid.figure.suptitle("Figure 4: accuracy by mechanism and β (model chosen on validation data)", y=1.03)
+    _save(grid.figure, outputs, dpi)
+
+
+def _epsilon_plot(
+    summary_csv: str, y: str, ylabel: str, title: str, outputs: Sequence[str], dpi: int, chance: float | None = None
+) -> None:
+    summary = pd.read_csv(summary_csv)
+    data = summary[pd.to_numeric(summary["epsilon"], errors="coerce") > 0].copy()
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(
+        1, max(1, data["dataset"].nunique()), figsize=(5 * max(1, data["dataset"].nunique()), 3.4), squeeze=False
+    )
+    for ax, (dataset, group) in zip(axes[0], data.groupby("dataset"), strict=False):
+        group = group.assign(mechanism=group["mechanism"].map(LABELS))
+        sns.lineplot(
+            data=group, x="epsilon", y=y, hue="mechanism", style="mechanism", markers=True, errorbar="sd", ax=ax
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("ε (DP-SGD: at δ = 1e-4, PRV; Local-DP: per pixel value)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(dataset)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+            ax.legend()
+    if data.empty:
+        axes[0, 0].text(0.5, 0.5, "no cell with a computed ε", ha="center", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, outputs, dpi)
+
+
+def privacy_utility(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
+    """Test accuracy against ε (log axis), both mechanisms; cells without an ε are left out."""
+    _epsilon_plot(summary_csv, "test_acc", "test accuracy", "Privacy-utility: test accuracy against ε", outputs, dpi)
+
+
+def audit_plot(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
+    """Membership-inference attack AUC against ε: what the guarantee is worth against a real attack."""
+    _epsilon_plot(
+        summary_csv,
+        "audit_auc",
+        "membership-inference AUC",
+        "Audit: loss-threshold attack AUC against ε",
+        outputs,
+        dpi,
+        chance=0.5,
+    )
+
+
+def draw_figures(
+    *, summary_csv: str, histories: Sequence[str], cells: Sequence[Sequence], outputs: Sequence[str], dpi: int
+) -> None:
+    """All result figures; ``outputs`` are (png, pdf) pairs of figure3, figure4, privacy_utility, audit_auc, in
+    that order; ``cells`` are the (dataset, mechanism, beta label, seed) of ``histories``."""
+    by_cell = {(d, m, float(b), int(s)): h for (d, m, b, s), h in zip(cells, histories, strict=True)}
+    pairs = [outputs[i : i + 2] for i in range(0, len(outputs), 2)]
+    figure3(histories=by_cell, outputs=pairs[0], dpi=dpi)
+    figure4(summary_csv=summary_csv, outputs=pairs[1], dpi=dpi)
+    privacy_utility(summary_csv=summary_csv, outputs=pairs[2], dpi=dpi)
+    audit_plot(summary_csv=summary_csv, outputs=pairs[3], dpi=dpi)

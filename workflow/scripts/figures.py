@@ -1,0 +1,19 @@
+"""Snakemake adapter: Figures 3 and 4, privacy-utility and audit plots (dpmedbench.report)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dpmedbench.logs import run_logged
+from dpmedbench.report import draw_figures
+
+run_logged(
+    snakemake.log[0],  # noqa: F821
+    draw_figures,
+    summary_csv=snakemake.input.summary,  # noqa: F821
+    histories=list(snakemake.input.histories),  # noqa: F821
+    cells=snakemake.params.cells,  # noqa: F821
+    outputs=list(snakemake.output),  # noqa: F821
+    dpi=snakemake.params.dpi,  # noqa: F821
+)
