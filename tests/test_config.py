@@ -21,6 +21,12 @@ def test_empty_config_gets_every_default():
     assert enabled_datasets(cfg) == ["chest_xray", "aptos"]
 
 
+def test_dataset_order_does_not_depend_on_the_file():
+    reordered = validate_config({"datasets": {"aptos": {}, "chest_xray": {}}})
+    assert list(reordered["datasets"]) == ["aptos", "chest_xray"]
+    assert enabled_datasets(reordered) == ["chest_xray", "aptos"]
+
+
 def test_defaults_are_not_shared_between_configs():
     a, b = validate_config({}), validate_config({})
     a["datasets"]["chest_xray"]["demo"]["image_sides"].append(1)

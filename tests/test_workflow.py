@@ -88,7 +88,13 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
     assert len(cells) == 2 * (1 + 3 + 3)
     for path in cells:
         metrics = json.loads(path.read_text())
-        assert {p.name for p in path.parent.iterdir()} == {"history.csv", "best.pt", "last.pt", "metrics.json"}
+        assert {p.name for p in path.parent.iterdir()} == {
+            "history.csv",
+            "best.pt",
+            "last.pt",
+            "metrics.json",
+            "evaluation.json",
+        }
         history = pd.read_csv(path.parent / "history.csv")
         epochs = _demo_config(demo)["datasets"][metrics["cell"]["dataset"]]["train"]["epochs"]
         assert list(history["epoch"]) == list(range(1, epochs + 1))

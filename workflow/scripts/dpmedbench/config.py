@@ -103,9 +103,14 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             )
 
 
+#: The order of datasets in every list the workflow builds (jobs, params, tables), whatever the order of the keys
+#: in a config file: otherwise reordering a file would change params and rerun jobs.
+DATASET_ORDER = ("chest_xray", "aptos")
+
+
 def enabled_datasets(config: Mapping[str, Any]) -> list[str]:
-    """Names of the datasets that take part in the run, in config order."""
-    return [name for name, ds in config["datasets"].items() if ds["enabled"]]
+    """Names of the datasets that take part in the run, in :data:`DATASET_ORDER`."""
+    return [name for name in DATASET_ORDER if config["datasets"][name]["enabled"]]
 
 
 def canonical(value: Any) -> Any:
