@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .audit import loss_attack
 from .fileio import atomic_outputs
-from .ldp import _store, noisy_batch, storage_of
+from .ldp import noisy_batch, storage_of, store
 from .metrics import classification_report
 from .models import build_resnet18
 from .train import Preprocess, Split, derive_seed, load_split, pick_device
@@ -50,7 +50,7 @@ def _noised_like_copy(split: Split, privacy: Mapping[str, Any], *, dataset: str,
         start=0,
     )
     stored = np.empty(clean.shape, dtype=storage_of(privacy["mechanism"], privacy["clipped"]))
-    _store(values, stored)
+    store(values, stored)
     return Split(
         name=f"{split.name}-noised", images=torch.from_numpy(stored).to(split.images.device), labels=split.labels
     )

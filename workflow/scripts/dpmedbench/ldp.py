@@ -19,6 +19,7 @@ the clean image), reruns rebuild identical bytes whatever the chunk size, and ch
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -163,7 +164,7 @@ def storage_of(mechanism: str, clip: bool) -> str:
     return "uint8" if clip or mechanism == "laplace_image_shift" else "float16"
 
 
-def _store(values: np.ndarray, out: np.ndarray) -> None:
+def store(values: np.ndarray, out: np.ndarray) -> None:
     """Write float32 noisy values into the stored copy's rows ``out`` (float16, or uint8 of [0, 1] x 255).
     Clips ``values`` in place for uint8 storage."""
     if out.dtype == np.uint8:
@@ -283,13 +284,13 @@ def materialise_copy(
                     noise_source=noise_source,
                 )
                 stats.count_saturated(work)
-                _store(work, out[start : start + len(batch)])
+                store(work, out[start : start + len(batch)])
                 stats.add_quality(start, batch, out[start : start + len(batch)])
             out.flush()
             del out
             record[split] = stats.summary()
+            values = int(np.prod(clean.shape[1:]))
             log.info("%s beta=%g %s: %d images, %s", dataset, beta, split, len(clean), record[split])
-        values = int(np.prod(np.load(inputs[splits[0]], mmap_mode="r").shape[1:]))
         privacy = {
             "dataset": dataset,
             "beta": beta,
@@ -314,8 +315,6 @@ def materialise_copy(
             "saturated_fraction is the share of all noisy values outside [0, 1] (before any clipping).",
             "dpmedbench_version": __version__,
         }
-        import json
-
         tmps[-1].write_text(json.dumps(privacy, indent=2) + "\n")
     return privacy
 

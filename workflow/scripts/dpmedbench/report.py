@@ -116,10 +116,10 @@ def _write_table(table: pd.DataFrame, shown: pd.DataFrame, caption: str, paths: 
         tex_tmp.write_text(_latex(shown, caption))
 
 
-def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
-    """Our accuracies (mean over seeds, %) beside the paper's, under both selection rules."""
+def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """Our accuracies (mean over seeds, %, from :func:`aggregate`'s ``table``) beside the paper's, under both
+    selection rules."""
     rows = []
-    table = aggregate(summary)
     for r in table.itertuples(index=False):
         paper = PAPER_BASELINES.get(r.dataset) if r.mechanism == "none" else None
         rows.append(
@@ -149,7 +149,7 @@ def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], pa
         "(DP-SGD, PRV accountant) or per pixel value (Local-DP).",
         [Path(p) for p in main],
     )
-    comparison = paper_comparison(summary)
+    comparison = paper_comparison(table)
     _write_table(
         comparison,
         comparison,
