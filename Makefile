@@ -1,5 +1,5 @@
 # dp-medbench: the two set-up commands of the README, plus lint and benchmarks.
-#   make demo   install into .venv and run the workflow on the built-in demo
+#   make demo   install into .venv, run the workflow on the built-in demo, write results/report.html
 #   make test   install into .venv and run lint + the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV   := .venv
@@ -17,6 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --configfile config/demo.yaml --report results/report.html
 
 lint: install
 	$(BIN)/ruff check .

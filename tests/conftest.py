@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import pytest
 from dpmedbench import synth
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def clone(tmp_path: Path) -> Path:
+    """A copy of what a clone holds: Snakefile, configs, workflow, envs, profiles."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for name in ("config", "workflow", "envs", "profiles"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

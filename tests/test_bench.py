@@ -23,6 +23,6 @@ def test_ldp_benchmark_prints_a_table(capsys):
 
 
 def test_dpsgd_benchmark_prints_a_table(capsys):
-    bench.main(["dpsgd", "--size", "16", "--batch", "2", "--steps", "1", "--modes", "ew", "--threads", "1"])
+    bench.main(["dpsgd", "--size", "16", "--batch", "2", "--steps", "1", "--modes", "bk,ew", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "vs SGD" in out and "\nsgd " in out and "\new " in out and "failed" not in out
+    assert "vs SGD" in out and "\nsgd " in out and "\nbk " in out and "\new " in out and "failed" not in out

@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from dpmedbench import download
-from dpmedbench.download import http_download, kaggle_download
+from dpmedbench import kaggle
+from dpmedbench.download import http_download
 from dpmedbench.errors import ChecksumError, CredentialsError, DownloadError
+from dpmedbench.kaggle import kaggle_download
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
 
@@ -202,4 +203,4 @@ def test_kaggle_download_uses_the_right_handle_and_folder(tmp_path):
 
     assert kaggle_download("chest_xray", tmp_path / "k", client=client) == tmp_path / "k"
     assert calls == [("paultimothymooney/chest-xray-pneumonia", str(tmp_path / "k"))]
-    assert download.KAGGLE["aptos"] == ("competition", "aptos2019-blindness-detection")
+    assert kaggle.KAGGLE["aptos"] == ("competition", "aptos2019-blindness-detection")

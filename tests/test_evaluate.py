@@ -10,7 +10,7 @@ import pytest
 from dpmedbench.evaluate import evaluate_cell
 from dpmedbench.ldp import materialise_copy
 from dpmedbench.summary import COLUMNS, write_summary
-from dpmedbench.train import train_cell
+from dpmedbench.train import reference_members, train_cell
 
 from .test_train import make_split, tiny
 
@@ -54,6 +54,22 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
         )
     cell = tmp_path / "cell"
     train_cell(tiny(mechanism, beta=0.5), train=train, val=val, test=data["test"], out_dir=cell, **extra)
+    references = []
+    for k in range(2):  # the calibrated attack's reference models: the same training on random halves
+        ref = tmp_path / f"ref{k}"
+        members = reference_members(24, index=k)
+        train_cell(
+            tiny(mechanism, beta=0.5, seed=1_000_000 + k),
+            train=train,
+            val=val,
+            test=data["test"],
+            out_dir=ref,
+            train_subset=np.flatnonzero(members),
+            **extra,
+        )
+        assert json.loads((ref / "metrics.json").read_text())["n_train"] == 12
+        np.save(ref / "members.npy", members)
+        references.append((str(ref / "best.pt"), str(ref / "members.npy")))
     result = evaluate_cell(
         best=cell / "best.pt",
         metrics=cell / "metrics.json",
@@ -61,6 +77,7 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
         out_json=cell / "evaluation.json",
         device="cpu",
         bootstrap=50,
+        references=references,
     )
     assert json.loads((cell / "evaluation.json").read_text()) == result
     test = result["test"]
@@ -70,8 +87,11 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
     assert test["accuracy"] == pytest.approx(metrics["test_acc"])  # the same model, the same split
     headline = result["audit"][result["audit_headline"]]
     assert headline["n_members"] == headline["n_nonmembers"] == 10 and 0 <= headline["auc"] <= 1
+    lira = result["audit"]["lira"]
+    assert lira["reference_models"] == 2 and lira["members"] == headline["members"] and 0 <= lira["auc"] <= 1
+    assert 0 < lira["n_members"] == lira["n_nonmembers"] <= 10
     if mechanism == "ldp":
-        assert set(result["audit"]) == {"noisy_members", "clean_members"}
+        assert set(result["audit"]) == {"noisy_members", "clean_members", "lira"}
         assert result["val_noisy"]["n"] == result["val_clean"]["n"] == 8
 
     rows = write_summary(
@@ -83,6 +103,7 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
     row = rows[0]
     assert row["mechanism"] == mechanism and row["test_acc"] == metrics["test_acc"]
     assert row["audit_auc"] == headline["auc"]
+    assert row["audit_lira_auc"] == lira["auc"] and row["audit_lira_references"] == 2
     if mechanism == "dpsgd":
         assert row["accountant"] == "prv" and row["epsilon"] <= 2.0 + 0.02 and row["steps"] == 6
     elif mechanism == "ldp":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dpmedbench.audit import loss_attack, tpr_at_fpr
+from dpmedbench.audit import lira_attack, logit_confidence, loss_attack, tpr_at_fpr
 from dpmedbench.metrics import (
     auroc,
     balanced_accuracy,
@@ -105,3 +105,49 @@ def test_audit_memorised_model_is_exposed_and_an_unseen_one_is_not():
     x2, y2 = torch.randn(2000, 500), torch.randint(0, 2, (2000,))
     unseen = loss_attack(_losses(fresh, x2[:1000], y2[:1000]), _losses(fresh, x2[1000:], y2[1000:]))
     assert abs(unseen["auc"] - 0.5) < 0.05 and unseen["n_members"] == 1000
+
+
+def _simulated_audit(n: int, k: int, effect: float, seed: int):
+    """Logit-scaled confidences with a per-image difficulty much wider than the effect of training on an image,
+    as losses: target members (IN), target non-members (OUT), k reference models on random halves."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(0, 3, 2 * n)  # image i's confidence when no model trained on it
+
+    def confidence(trained_on: np.ndarray) -> np.ndarray:
+        return difficulty + effect * trained_on + rng.normal(0, 0.5, 2 * n)
+
+    member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    target = confidence(member)
+    ref_in = np.zeros((k, 2 * n), bool)
+    ref_in[:, :n] = rng.random((k, n)) < 0.5  # reference models never train on the target's non-members
+    refs = np.stack([confidence(r) for r in ref_in])
+    loss = lambda phi: np.logaddexp(0, -phi)  # noqa: E731  cross-entropy of a binary logit phi
+    return (
+        (loss(target[:n]), loss(refs[:, :n]), ~ref_in[:, :n]),
+        (loss(target[n:]), loss(refs[:, n:]), ~ref_in[:, n:]),
+    )
+
+
+def test_logit_confidence_inverts_the_cross_entropy():
+    p = np.array([1e-12, 0.01, 0.5, 0.99, 1 - 1e-9])
+    np.testing.assert_allclose(logit_confidence(-np.log(p)), np.log(p / (1 - p)), rtol=1e-6, atol=1e-9)
+
+
+def test_lira_sees_through_per_image_difficulty_and_stays_at_chance_without_signal():
+    member, nonmember = _simulated_audit(2000, 8, effect=1.0, seed=0)
+    lira = lira_attack(member, nonmember, seed=1)
+    loss = loss_attack(member[0], nonmember[0], seed=1)
+    # Difficulty (sd 3) hides the effect (1) from a global loss threshold; per-image calibration recovers it.
+    assert loss["auc"] < 0.65 and lira["auc"] > 0.85, (loss["auc"], lira["auc"])
+    assert lira["tpr_at_1pct_fpr"] > 5 * max(loss["tpr_at_1pct_fpr"], 0.01)
+    assert lira["reference_models"] == 8 and lira["n_members"] == lira["n_nonmembers"] <= 2000
+    member, nonmember = _simulated_audit(2000, 8, effect=0.0, seed=2)
+    assert abs(lira_attack(member, nonmember, seed=1)["auc"] - 0.5) < 0.04
+
+
+def test_lira_scores_only_images_with_an_out_reference():
+    member, nonmember = _simulated_audit(50, 2, effect=1.0, seed=3)
+    no_out = ~member[2].any(0)  # both references trained on these members
+    assert no_out.any()
+    result = lira_attack(member, nonmember, seed=0)
+    assert result["n_members"] == min(50 - int(no_out.sum()), 50)

@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dpmedbench.dpsgd import GRAD_SAMPLE_MODES, calibrate_noise, epsilon, make_grad_sampler, make_optimizer
-from dpmedbench.models import WeightsError, build_resnet18, check_weights
+from dpmedbench.models import build_resnet18
 from dpmedbench.synth import chest_image
 from dpmedbench.train import CellConfig, DPSettings, TrainingError, train_cell
+from dpmedbench.weights import WeightsError, check_weights
 
 from .conftest import REPO
 
@@ -257,7 +258,7 @@ def test_with_zero_noise_every_mode_clips_like_the_reference(mode):
     assert clipped >= 3, "the test must exercise clipping"
     model = copy.deepcopy(base)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    _, sample = make_grad_sampler(model, mode)
+    _, sample = make_grad_sampler(model, mode, max_grad_norm=clip)
     opt = make_optimizer(
         model,
         lr=1.0,
@@ -267,6 +268,7 @@ def test_with_zero_noise_every_mode_clips_like_the_reference(mode):
         max_grad_norm=clip,
         expected_batch_size=expected_batch,
         generator=torch.Generator().manual_seed(0),
+        grad_sample_mode=mode,
     )
     sample(x[:4], y[:4])
     opt.signal_skip_step(True)
@@ -277,6 +279,52 @@ def test_with_zero_noise_every_mode_clips_like_the_reference(mode):
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     for a, b, t in zip(after, before, total, strict=True):
         torch.testing.assert_close(a - b, -t / expected_batch, rtol=1e-9, atol=1e-12)
+
+
+def test_book_keeping_noises_exactly_like_opacus():
+    """sigma > 0: with the same generator, 'bk' and Opacus's 'ew' make the same noisy update (same clip factors,
+    the same noise drawn for the same parameters in the same order), so the accountant's guarantee carries over."""
+    torch.manual_seed(1)
+    base = build_resnet18(num_classes=2, weights=None, norm="group").double()
+    x, y = torch.randn(5, 3, 24, 24, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1])
+    updates = {}
+    for mode in ("ew", "bk"):
+        model = copy.deepcopy(base)
+        before = [p.detach().clone() for p in model.parameters()]
+        _, sample = make_grad_sampler(model, mode, max_grad_norm=0.3)
+        opt = make_optimizer(
+            model,
+            lr=1.0,
+            momentum=0,
+            weight_decay=0,
+            noise_multiplier=1.3,
+            max_grad_norm=0.3,
+            expected_batch_size=4,
+            generator=torch.Generator().manual_seed(7),
+            grad_sample_mode=mode,
+        )
+        sample(x, y)
+        opt.step()
+        updates[mode] = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+    for a, b in zip(updates["ew"], updates["bk"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert sum(float(u.abs().sum()) for u in updates["bk"]) > 1.0  # the noise is really there
+
+
+def test_book_keeping_takes_the_cheaper_norm_route_per_layer():
+    """At 224 px the early convolutions (many positions) instantiate per-example gradients and the late ones
+    (few positions, many weights) use ghost norms; at the 20 px of the zero-noise test above both routes run."""
+    from dpmedbench.dpsgd import _conv_uses_ghost
+
+    model = build_resnet18(num_classes=2, weights=None, norm="group")
+    assert not _conv_uses_ghost(model.conv1, 112 * 112)
+    assert not _conv_uses_ghost(model.layer1[0].conv1, 56 * 56)
+    assert _conv_uses_ghost(model.layer4[0].conv2, 7 * 7)
+    assert not _conv_uses_ghost(model.conv1, 10 * 10) and _conv_uses_ghost(model.layer1[0].conv1, 5 * 5)
+    with pytest.raises(ValueError, match="needs max_grad_norm"):
+        make_grad_sampler(model, "bk")
+    with pytest.raises(ValueError, match="does not support trainable BatchNorm2d"):
+        make_grad_sampler(build_resnet18(num_classes=2, weights=None, norm="batch"), "bk", max_grad_norm=1.0)
 
 
 def test_weights_are_loaded_safely_and_bad_files_refused(tmp_path):

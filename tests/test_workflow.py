@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,19 +15,11 @@ import pytest
 import yaml
 from dpmedbench import synth
 
-from .conftest import REPO, extract, rewrite_zip
+from . import chromium
+from .conftest import clone, extract, rewrite_zip
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def clone(tmp_path: Path) -> Path:
-    """A copy of what a clone holds: Snakefile, configs, workflow, envs."""
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for name in ("config", "workflow", "envs"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path
 
 
 @pytest.fixture
@@ -252,6 +243,64 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figures": 1}
 
 
+def test_the_calibrated_audit_adds_reference_models_and_retrains_no_cell(demo):
+    config = _demo_config(demo)
+    config["evaluation"] = {"reference_models": 2}
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == {"all": 1, "reference": 28, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}
+    assert {w for w in _wildcards(dry) if "ref=" in w} >= {
+        "dataset=aptos, mechanism=dpsgd, beta=4, ref=1",
+        "dataset=chest_xray, mechanism=none, beta=0, ref=0",
+    }
+
+
+def test_calibrated_audit_end_to_end(workdir):
+    config = yaml.safe_load((workdir / "config" / "demo.yaml").read_text())
+    config.update(mechanisms=["none"], seeds=[0], evaluation={"reference_models": 2})
+    config["datasets"]["aptos"]["enabled"] = False
+    config["datasets"]["chest_xray"]["train"]["epochs"] = 3
+    snakemake(workdir, config=config)
+    refs = sorted(workdir.glob("results/references/chest_xray/none/beta0/ref*/members.npy"))
+    assert len(refs) == 2
+    masks = [np.load(r) for r in refs]
+    assert all(m.sum() == len(m) // 2 for m in masks) and (masks[0] != masks[1]).any()
+    ref_metrics = json.loads((refs[0].parent / "metrics.json").read_text())
+    assert ref_metrics["n_train"] == len(masks[0]) // 2 and ref_metrics["cell"]["seed"] == 1_000_000
+    evaluation = json.loads((workdir / "results/cells/chest_xray/none/beta0/seed0/evaluation.json").read_text())
+    lira = evaluation["audit"]["lira"]
+    assert lira["reference_models"] == 2 and lira["n_members"] > 0 and 0 <= lira["auc"] <= 1
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    assert summary.loc[0, "audit_lira_auc"] == pytest.approx(lira["auc"])
+    assert "LiRA AUC" in (workdir / "results" / "tables" / "main.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        # Training code: every training cell, and everything downstream of the cells.
+        ("train.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+        ("dpsgd.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+        # Plotting and table code: the tables and figures, nothing else.
+        ("report.py", {"all": 1, "tables": 1, "figures": 1}),
+        # Figure 2's code: Figure 2 only.
+        ("figures.py", {"all": 1, "figure2": 2}),
+        # The evaluation metrics: every evaluation and the aggregates, no training.
+        ("metrics.py", {"all": 1, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+    ],
+)
+def test_editing_the_code_reruns_exactly_what_it_computes(demo, module, expected):
+    """Snakemake only sees a script's own mtime; the package's code digests in params carry edits of the
+    modules a rule imports (workflow/rules/common.smk)."""
+    path = demo / "workflow" / "scripts" / "dpmedbench" / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        assert _jobs(snakemake(demo, "-n", "--configfile", "config/demo.yaml")) == expected
+    finally:
+        path.write_text(original)
+    assert _jobs(snakemake(demo, "-n", "--configfile", "config/demo.yaml")) == {}
+
+
 def test_real_layouts_from_local_zip_and_folder(workdir, tmp_path):
     chest = synth.make_chest_archive(tmp_path / "ChestXRay2017.zip", layout="mendeley", patients_per_class=6, seed=3)
     aptos = synth.make_aptos_archive(tmp_path / "aptos.zip", images_per_grade=6, seed=4)
@@ -333,3 +382,81 @@ def test_lint_is_clean(workdir):
     proc = snakemake(workdir, "--lint", "--configfile", "config/demo.yaml", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+# Clicks a link by its text in the report's single-page app, then lets React re-render.
+_CLICK = """(async (text) => {
+  const link = [...document.querySelectorAll('a')].find(a => a.innerText.trim() === text);
+  if (!link) return false;
+  link.click();
+  await new Promise(r => setTimeout(r, 300));
+  return true;
+})"""
+# Shows one result (the eye icon of its row) and returns the size of the PNG the page then displays.
+_SHOW = """(async (path) => {
+  const row = [...document.querySelectorAll('tr')].find(tr => tr.innerText.trim() === path);
+  if (!row) return null;
+  row.querySelector('a').click();
+  await new Promise(r => setTimeout(r, 300));
+  const img = [...document.querySelectorAll('img')].find(i => i.src.startsWith('data:image/png'));
+  if (!img) return null;
+  await img.decode();
+  return [img.naturalWidth, img.naturalHeight, Math.round(img.getBoundingClientRect().width)];
+})"""
+# Every result embedded in the report: its caption, labels and, for a PNG, its decoded size.
+_RESULTS = """(async () => {
+  const out = {};
+  for (const [path, r] of Object.entries(results)) {
+    let size = null;
+    if (r.mime_type === 'image/png') {
+      const img = new Image();
+      img.src = r.data_uri;
+      await img.decode();
+      size = [img.naturalWidth, img.naturalHeight];
+    }
+    out[path] = {caption: r.caption, labels: r.labels, mime: r.mime_type, size: size};
+  }
+  return {results: out, categories: Object.fromEntries(
+    Object.entries(categories).map(([c, subs]) => [c, Object.keys(subs)]))};
+})()"""
+
+
+def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
+    binary = chromium.executable()
+    if binary is None:
+        if os.environ.get("DPMEDBENCH_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("DPMEDBENCH_REQUIRE_CHROMIUM=1 but no chromium on PATH (Debian: apt-get install chromium)")
+        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+    snakemake(demo, "--report", "results/report.html", "--configfile", "config/demo.yaml")
+    figures = ["figure3_learning_curves", "figure4_accuracy", "privacy_utility", "audit_auc"]
+    cells = [c for c in (p.parent for p in demo.glob("results/cells/*/*/*/*/metrics.json"))]
+    assert len(cells) == 14
+    expected = {f"results/figures/{name}.png" for name in figures}
+    expected |= {f"results/figures/figure2_{d}.png" for d in ("chest_xray", "aptos")}
+    expected |= {"results/summary.csv", "results/tables/main.csv", "results/tables/paper_comparison.csv"}
+    expected |= {f"{c.relative_to(demo).as_posix()}/{f}" for c in cells for f in ("history.csv", "evaluation.json")}
+
+    with chromium.Browser(binary) as browser:
+        browser.open((demo / "results" / "report.html").as_uri())
+        data = browser.evaluate(_RESULTS)
+        assert set(data["results"]) == expected
+        subcategories = {"Local-DP copies", "none", "ldp", "dpsgd"}
+        assert {c: set(s) for c, s in data["categories"].items()} == {
+            "chest_xray": subcategories,
+            "aptos": subcategories,
+            "Overview": {"Figures", "Tables"},
+        }
+        for path, result in data["results"].items():
+            assert result["caption"] and "{{" not in result["caption"], f"{path}: no caption"
+            if path.endswith(".png"):
+                assert result["size"][0] > 300 and result["size"][1] > 200, (path, result["size"])
+        assert data["results"]["results/cells/aptos/dpsgd/beta2/seed0/history.csv"]["labels"] == {
+            "cell": "β 2, seed 0",
+            "result": "learning curve",
+        }
+        # Through the page itself, as a reader would: Overview > Figures, then each figure.
+        assert browser.evaluate(f"{_CLICK}('Overview')") and browser.evaluate(f"{_CLICK}('Figures')")
+        for name in figures:
+            shown = browser.evaluate(f"{_SHOW}('results/figures/{name}.png')")
+            assert shown and shown[0] > 300 and shown[2] > 200, (name, shown)
+        browser.screenshot(tmp_path / "report.png")

@@ -5,10 +5,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from dpmedbench.config import canonical, enabled_datasets, validate_config  # noqa: E402
-from dpmedbench.digest import code_digest  # noqa: E402
+from dpmedbench.digest import script_digest  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.ldp import beta_label  # noqa: E402
-from dpmedbench.models import RESNET18_URL  # noqa: E402
+from dpmedbench.weights import RESNET18_URL  # noqa: E402
 from dpmedbench.prepare import SPLITS  # noqa: E402
 
 try:
@@ -22,22 +22,28 @@ PREPARE_KEYS = {
     "chest_xray": ("val_fraction", "official_val"),
     "aptos": ("val_fraction", "test_fraction"),
 }
-# The modules each stage runs: their digests are params, so editing one reruns exactly those jobs.
-FETCH_CODE = code_digest("sources", "download", "synth", "medmnist", "fileio")
-PREPARE_CODE = code_digest(
-    "prepare", "archive", "layouts", "splits", "imaging", "medmnist", "fileio"
-)
-LDP_CODE = code_digest("ldp", "quality", "fileio")
-FIGURE_CODE = code_digest("figures", "ldp", "quality", "fileio")
-TRAIN_CODE = code_digest("train", "models", "dpsgd", "fileio", "errors")
-EVALUATE_CODE = code_digest(
-    "evaluate", "metrics", "audit", "train", "models", "ldp", "fileio"
-)
-SUMMARY_CODE = code_digest("summary", "fileio")
-REPORT_CODE = code_digest("report", "fileio")
+# Digests of the package code each rule's script runs (its imports, transitively): params, so editing a module
+# reruns exactly the jobs that execute it.
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+FETCH_CODE = script_digest(SCRIPTS / "fetch.py")
+PREPARE_CODE = script_digest(SCRIPTS / "prepare.py")
+LDP_CODE = script_digest(SCRIPTS / "ldp.py")
+FIGURE_CODE = script_digest(SCRIPTS / "figure2.py")
+WEIGHTS_CODE = script_digest(SCRIPTS / "weights.py")
+TRAIN_CODE = script_digest(SCRIPTS / "train.py")
+REFERENCE_CODE = script_digest(SCRIPTS / "reference.py")
+# Reference models' training seeds: far from the cells' seeds, so no reference starts like a target.
+REFERENCE_SEED_BASE = 1_000_000
+EVALUATE_CODE = script_digest(SCRIPTS / "evaluate.py")
+SUMMARY_CODE = script_digest(SCRIPTS / "summary.py")
+TABLES_CODE = script_digest(SCRIPTS / "tables.py")
+FIGURES_CODE = script_digest(SCRIPTS / "figures.py")
 BETA_LABELS = [beta_label(b) for b in config["betas"]]
 WEIGHTS_URL = RESNET18_URL
 WEIGHTS_DEFAULT = f"data/weights/{RESNET18_URL.rsplit('/', 1)[1]}"
+# Threads, memory and runtime in the rules are defaults; profiles/ sets them per machine. A training or evaluation
+# job asks for a GPU unless the config pins the CPU, so `--resources gpu=1` keeps two jobs off one GPU.
+GPU_REQUEST = 0 if config["device"] == "cpu" else 1
 
 
 wildcard_constraints:
@@ -45,6 +51,7 @@ wildcard_constraints:
     beta=r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?",
     mechanism="none|ldp|dpsgd",
     seed=r"[0-9]+",
+    ref=r"[0-9]+",
 
 
 def fetch_settings(wildcards):
@@ -133,6 +140,10 @@ def evaluate_inputs(wildcards):
         "train_clean": f"{prepared}/train.npy",
         "train_clean_csv": f"{prepared}/train.csv",
     }
+    refs = reference_dirs(wildcards.dataset, wildcards.mechanism, wildcards.beta)
+    if refs:
+        inputs["reference_models"] = [f"{r}/best.pt" for r in refs]
+        inputs["reference_members"] = [f"{r}/members.npy" for r in refs]
     if wildcards.mechanism == "ldp":
         copy = f"data/ldp/{wildcards.dataset}/beta{wildcards.beta}"
         inputs.update(
@@ -169,8 +180,25 @@ def train_inputs(wildcards):
     return inputs
 
 
+def reference_dirs(dataset, mechanism, beta):
+    """Output folders of the reference models of one configuration (none unless evaluation.reference_models)."""
+    return [
+        f"results/references/{dataset}/{mechanism}/beta{beta}/ref{k}"
+        for k in range(config["evaluation"]["reference_models"])
+    ]
+
+
 def train_settings(wildcards):
     """Everything a cell depends on, and nothing else: a config edit reruns exactly the cells it touches."""
+    return cell_settings(wildcards, int(wildcards.seed))
+
+
+def reference_settings(wildcards):
+    """A reference model trains exactly like the cells of its configuration, with its own seed."""
+    return cell_settings(wildcards, REFERENCE_SEED_BASE + int(wildcards.ref))
+
+
+def cell_settings(wildcards, seed):
     mechanism = wildcards.mechanism
     model = {k: v for k, v in config["model"].items() if k != "weights"}
     if mechanism != "none" and float(wildcards.beta) <= 0:
@@ -179,7 +207,7 @@ def train_settings(wildcards):
         "dataset": wildcards.dataset,
         "mechanism": mechanism,
         "beta": float(wildcards.beta),
-        "seed": int(wildcards.seed),
+        "seed": seed,
         "device": config["device"],
         **config["datasets"][wildcards.dataset]["train"],
         **model,
@@ -196,3 +224,13 @@ def prepared_outputs():
         split=SPLITS,
         ext=("npy", "csv"),
     ) + expand("data/prepared/{dataset}/info.json", dataset=DATASETS)
+
+
+def result_figure(name, caption):
+    """A result figure's PNG, flagged for the Snakemake report under Overview."""
+    return report(
+        f"results/figures/{name}.png",
+        caption=f"../report/{caption}.rst",
+        category="Overview",
+        subcategory="Figures",
+    )

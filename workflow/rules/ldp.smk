@@ -31,7 +31,12 @@ rule figure2:
         copies=expand("data/ldp/{{dataset}}/beta{beta}/train.npy", beta=BETA_LABELS),
         privacy=expand("data/ldp/{{dataset}}/beta{beta}/privacy.json", beta=BETA_LABELS),
     output:
-        png="results/figures/figure2_{dataset}.png",
+        png=report(
+            "results/figures/figure2_{dataset}.png",
+            caption="../report/figure2.rst",
+            category="{dataset}",
+            subcategory="Local-DP copies",
+        ),
         pdf="results/figures/figure2_{dataset}.pdf",
     log:
         "logs/figure2/{dataset}.log",

@@ -5,15 +5,26 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        "results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/evaluation.json",
+        report(
+            "results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/evaluation.json",
+            caption="../report/evaluation.rst",
+            category="{dataset}",
+            subcategory="{mechanism}",
+            labels={"cell": "β {beta}, seed {seed}", "result": "evaluation and audit"},
+        ),
     log:
         "logs/evaluate/{dataset}/{mechanism}/beta{beta}/seed{seed}.log",
     conda:
         "../../envs/train.yaml"
-    threads: config["train_threads"]
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=GPU_REQUEST,
     params:
         device=config["device"],
         bootstrap=config["evaluation"]["bootstrap"],
+        references=config["evaluation"]["reference_models"],
         seed=config["seed"],
         eval_batch=config["model"]["eval_batch"],
         code=EVALUATE_CODE,
@@ -26,7 +37,12 @@ rule summary:
         metrics=[f"{cell_dir(*c)}/metrics.json" for c in cells()],
         evaluations=[f"{cell_dir(*c)}/evaluation.json" for c in cells()],
     output:
-        "results/summary.csv",
+        report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="Overview",
+            subcategory="Tables",
+        ),
     log:
         "logs/summary.log",
     conda:
@@ -41,14 +57,32 @@ rule tables:
     input:
         "results/summary.csv",
     output:
-        main=multiext("results/tables/main", ".csv", ".md", ".tex"),
-        paper=multiext("results/tables/paper_comparison", ".csv", ".md", ".tex"),
+        main=[
+            report(
+                "results/tables/main.csv",
+                caption="../report/table_main.rst",
+                category="Overview",
+                subcategory="Tables",
+            ),
+            "results/tables/main.md",
+            "results/tables/main.tex",
+        ],
+        paper=[
+            report(
+                "results/tables/paper_comparison.csv",
+                caption="../report/table_paper.rst",
+                category="Overview",
+                subcategory="Tables",
+            ),
+            "results/tables/paper_comparison.md",
+            "results/tables/paper_comparison.tex",
+        ],
     log:
         "logs/tables.log",
     conda:
         "../../envs/report.yaml"
     params:
-        code=REPORT_CODE,
+        code=TABLES_CODE,
     script:
         "../scripts/tables.py"
 
@@ -58,16 +92,14 @@ rule figures:
         summary="results/summary.csv",
         histories=[f"{cell_dir(*c)}/history.csv" for c in cells()],
     output:
-        expand(
-            "results/figures/{name}.{ext}",
-            name=(
-                "figure3_learning_curves",
-                "figure4_accuracy",
-                "privacy_utility",
-                "audit_auc",
-            ),
-            ext=("png", "pdf"),
-        ),
+        result_figure("figure3_learning_curves", "figure3"),
+        "results/figures/figure3_learning_curves.pdf",
+        result_figure("figure4_accuracy", "figure4"),
+        "results/figures/figure4_accuracy.pdf",
+        result_figure("privacy_utility", "privacy_utility"),
+        "results/figures/privacy_utility.pdf",
+        result_figure("audit_auc", "audit_auc"),
+        "results/figures/audit_auc.pdf",
     log:
         "logs/figures.log",
     conda:
@@ -75,6 +107,6 @@ rule figures:
     params:
         cells=cells(),
         dpi=config["plots"]["dpi"],
-        code=REPORT_CODE,
+        code=FIGURES_CODE,
     script:
         "../scripts/figures.py"

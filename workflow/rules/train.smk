@@ -15,6 +15,7 @@ rule weights:
         "../../envs/data.yaml"
     params:
         url=WEIGHTS_URL,
+        code=WEIGHTS_CODE,
     script:
         "../scripts/weights.py"
 
@@ -23,7 +24,13 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        history="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/history.csv",
+        history=report(
+            "results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/history.csv",
+            caption="../report/history.rst",
+            category="{dataset}",
+            subcategory="{mechanism}",
+            labels={"cell": "β {beta}, seed {seed}", "result": "learning curve"},
+        ),
         best="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/best.pt",
         last="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/last.pt",
         metrics="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/metrics.json",
@@ -31,13 +38,39 @@ rule train:
         "logs/train/{dataset}/{mechanism}/beta{beta}/seed{seed}.log",
     conda:
         "../../envs/train.yaml"
-    threads: config["train_threads"]
+    threads: 4
     resources:
         mem_mb=16000,
         runtime=720,
-        gpu=lambda wildcards: 0 if config["device"] == "cpu" else 1,
+        gpu=GPU_REQUEST,
     params:
         cell=train_settings,
         code=TRAIN_CODE,
     script:
         "../scripts/train.py"
+
+
+rule reference:
+    input:
+        unpack(train_inputs),
+    output:
+        best="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/best.pt",
+        members="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/members.npy",
+        history="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/history.csv",
+        last="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/last.pt",
+        metrics="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/metrics.json",
+    log:
+        "logs/reference/{dataset}/{mechanism}/beta{beta}/ref{ref}.log",
+    conda:
+        "../../envs/train.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=GPU_REQUEST,
+    params:
+        cell=reference_settings,
+        index=lambda wildcards: int(wildcards.ref),
+        code=REFERENCE_CODE,
+    script:
+        "../scripts/reference.py"

@@ -9,6 +9,7 @@ from dpmedbench.evaluate import evaluate_cell
 from dpmedbench.logs import run_logged
 
 inputs = dict(snakemake.input.items())  # noqa: F821
+references = list(zip(inputs.pop("reference_models", []), inputs.pop("reference_members", []), strict=True))
 run_logged(
     snakemake.log[0],  # noqa: F821
     evaluate_cell,
@@ -21,4 +22,5 @@ run_logged(
     seed=snakemake.params.seed,  # noqa: F821
     eval_batch=snakemake.params.eval_batch,  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
+    references=references,
 )

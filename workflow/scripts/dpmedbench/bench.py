@@ -158,7 +158,7 @@ def _dp_step_worker(mode: str, size: int, batch: int, steps: int, threads: int, 
             F.cross_entropy(model(x), y).backward()
             opt.step()
     else:
-        _, sample = make_grad_sampler(model, mode)  # type: ignore[arg-type]
+        _, sample = make_grad_sampler(model, mode, max_grad_norm=1.0)  # type: ignore[arg-type]
         opt = make_optimizer(
             model,
             lr=0.01,
@@ -168,6 +168,7 @@ def _dp_step_worker(mode: str, size: int, batch: int, steps: int, threads: int, 
             max_grad_norm=1.0,
             expected_batch_size=batch,
             generator=torch.Generator(device=dev).manual_seed(0),
+            grad_sample_mode=mode,
         )
 
         def step() -> None:
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     dp = sub.add_parser("dpsgd", help="DP-SGD step time / non-private step time, and peak memory")
     dp.add_argument("--size", type=int, default=224, help="image side (default 224)")
     dp.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    dp.add_argument("--modes", default="vmap,hooks,ew", help="grad_sample_modes to time (default vmap,hooks,ew)")
+    dp.add_argument("--modes", default="bk,ew,hooks,vmap", help="grad_sample_modes to time (default bk,ew,hooks,vmap)")
     dp.add_argument("--steps", type=int, default=5, help="timed steps per mode, after one warm-up (default 5)")
     dp.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     dp.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")

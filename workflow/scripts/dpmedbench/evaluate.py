@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audit import loss_attack
+from .audit import lira_attack, loss_attack
 from .fileio import atomic_outputs
 from .ldp import noisy_batch, storage_of, store
 from .metrics import classification_report
 from .models import build_resnet18
-from .train import Preprocess, Split, derive_seed, load_split, pick_device
+from .train import Preprocess, Split, cpu_threads, derive_seed, load_split, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ def _noised_like_copy(split: Split, privacy: Mapping[str, Any], *, dataset: str,
     )
 
 
+def _load_model(best: str | os.PathLike[str], dev: torch.device) -> tuple[torch.nn.Module, Preprocess, int]:
+    """A network from a ``best.pt`` checkpoint, in eval mode, with the preprocessing it was trained with, and the
+    epoch it was saved at."""
+    checkpoint = torch.load(best, map_location=dev, weights_only=True)
+    model = build_resnet18(num_classes=checkpoint["classes"], weights=None, norm=checkpoint["norm"]).to(dev)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    prep = Preprocess(crop=checkpoint["crop"], augment=False, normalize=checkpoint["normalize"], device=dev)
+    return model, prep, checkpoint["epoch"]
+
+
 def evaluate_cell(
     *,
     best: str | os.PathLike[str],
@@ -67,16 +78,16 @@ def evaluate_cell(
     seed: int = 0,
     threads: int = 1,
     eval_batch: int = 256,
+    references: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """``inputs``: (array, manifest) paths keyed ``test``, ``train_clean`` and, for ``ldp`` cells, ``train_seen``
-    (the noisy copy), ``val_noisy``, ``val_clean`` and ``privacy``."""
-    torch.set_num_threads(max(1, threads))
+    (the noisy copy), ``val_noisy``, ``val_clean`` and ``privacy``. ``references``: (``best.pt``, ``members.npy``)
+    of the reference models of this cell's configuration; with any, the headline audit is repeated with the
+    calibrated attack (offline LiRA)."""
+    torch.set_num_threads(cpu_threads(threads))
     dev = pick_device(device)
     cell = json.loads(Path(metrics).read_text())
-    checkpoint = torch.load(best, map_location=dev, weights_only=True)
-    model = build_resnet18(num_classes=checkpoint["classes"], weights=None, norm=checkpoint["norm"]).to(dev)
-    model.load_state_dict(checkpoint["model"])
-    prep = Preprocess(crop=checkpoint["crop"], augment=False, normalize=checkpoint["normalize"], device=dev)
+    model, prep, best_epoch = _load_model(best, dev)
     kappa = cell["cell"]["dataset"] == "aptos"
     ldp = cell["cell"]["mechanism"] == "ldp"
 
@@ -87,7 +98,7 @@ def evaluate_cell(
     test_proba, test_loss = predict(model, test, prep, eval_batch)
     result: dict[str, Any] = {
         "cell": cell["cell"],
-        "best_epoch": checkpoint["epoch"],
+        "best_epoch": best_epoch,
         "test": classification_report(
             test.labels.cpu().numpy(), test_proba, kappa=kappa, bootstrap=bootstrap, seed=derive_seed(seed, "bootstrap")
         ),
@@ -122,8 +133,32 @@ def evaluate_cell(
             "members": "the training images",
             "nonmembers": "test images (held out, same distribution)",
         }
+    headline = "noisy_members" if ldp else "members"
+    if references:
+        member_split = split("train_seen") if ldp else train_clean
+        nonmember_split = noised_test if ldp else test
+        member_losses = seen_losses if ldp else clean_losses
+        nonmember_losses = noised_losses if ldp else test_loss
+        ref_member, ref_nonmember, ref_in = [], [], []
+        for ref_best, ref_members in references:
+            ref_model, ref_prep, _ = _load_model(ref_best, dev)
+            ref_member.append(predict(ref_model, member_split, ref_prep, eval_batch)[1])
+            ref_nonmember.append(predict(ref_model, nonmember_split, ref_prep, eval_batch)[1])
+            ref_in.append(np.load(ref_members))
+        ins = np.stack(ref_in)
+        if ins.shape[1] != len(member_losses):
+            raise ValueError(f"{references[0][1]}: {ins.shape[1]} images, the training split has {len(member_losses)}")
+        audits["lira"] = {
+            **lira_attack(
+                (member_losses, np.stack(ref_member), ~ins),
+                (nonmember_losses, np.stack(ref_nonmember), np.ones((len(references), len(nonmember_losses)), bool)),
+                seed=audit_seed,
+            ),
+            "members": audits[headline]["members"],
+            "nonmembers": audits[headline]["nonmembers"],
+        }
     result["audit"] = audits
-    result["audit_headline"] = "noisy_members" if ldp else "members"
+    result["audit_headline"] = headline
     with atomic_outputs(out_json) as (tmp,):
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     log.info(

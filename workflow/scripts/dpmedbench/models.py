@@ -26,17 +26,9 @@ from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .errors import DPMedBenchError
+from .weights import RESNET18_URL, WeightsError
 
 Norm = Literal["batch", "group", "frozen"]
-#: torchvision's ImageNet weights for ResNet-18 (ResNet18_Weights.IMAGENET1K_V1); the file name carries the
-#: first 8 hex digits of the file's SHA-256, which :func:`check_weights` verifies.
-RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-RESNET18_SHA256_PREFIX = "f37072fd"
-
-
-class WeightsError(DPMedBenchError):
-    """Pretrained weights are missing or unusable."""
 
 
 def _block_forward(self: BasicBlock, x: torch.Tensor) -> torch.Tensor:
@@ -95,30 +87,3 @@ def build_resnet18(*, num_classes: int, weights: str | os.PathLike[str] | None, 
         _replace_norms(model, norm)
     _out_of_place(model)
     return model
-
-
-def check_weights(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a weights file; raises :class:`WeightsError` unless it starts as torchvision publishes."""
-    from .fileio import file_digest
-
-    digest = file_digest(path)
-    if not digest.startswith(RESNET18_SHA256_PREFIX):
-        raise WeightsError(
-            f"{path}: SHA-256 {digest} does not start with {RESNET18_SHA256_PREFIX}, the prefix torchvision "
-            f"publishes for {RESNET18_URL}; delete the file and download it again"
-        )
-    return digest
-
-
-def fetch_weights(*, url: str, dest: str | os.PathLike[str]) -> Path:
-    """Download the weights to ``dest`` (resumable) and check them; a bad file is deleted, never kept."""
-    from .download import http_download
-
-    path = http_download(url, Path(dest).with_name(Path(dest).name + ".download"))
-    try:
-        check_weights(path)
-    except WeightsError:
-        path.unlink()
-        raise
-    os.replace(path, dest)
-    return Path(dest)

@@ -32,7 +32,11 @@ TABLE_METRICS = {
     "test_quadratic_kappa": "QWK",
     "audit_auc": "MIA AUC",
     "audit_tpr_at_1pct_fpr": "MIA TPR@1%FPR",
+    "audit_lira_auc": "LiRA AUC",
+    "audit_lira_tpr_at_1pct_fpr": "LiRA TPR@1%FPR",
 }
+#: Columns left out of the formatted tables when no cell has them (the calibrated attack is optional).
+OPTIONAL_METRICS = ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr")
 MECHANISM_ORDER = {"none": 0, "ldp": 1, "dpsgd": 2}
 LABELS = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
 
@@ -74,6 +78,8 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
         }
     )
     for col, label in TABLE_METRICS.items():
+        if col in OPTIONAL_METRICS and table[f"{col}_mean"].isna().all():
+            continue
         percent = col.endswith("acc") or col.endswith("acc_max") or col == "test_balanced_accuracy"
         out[label + (" (%)" if percent else "")] = [
             _cell(m, s, percent) for m, s in zip(table[f"{col}_mean"], table[f"{col}_sd"], strict=True)
@@ -252,6 +258,23 @@ def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
     _save(grid.figure, outputs, dpi)
 
 
+def _epsilon_label(cells: pd.DataFrame) -> str:
+    """Axis label naming the accountant and δ of the DP-SGD cells shown, and what a Local-DP ε is per.
+
+    >>> _epsilon_label(pd.DataFrame({"mechanism": ["dpsgd"], "accountant": ["prv"], "delta": [1e-4]}))
+    'ε (DP-SGD: prv, δ = 0.0001)'
+    """
+    dp = cells[cells["mechanism"] == "dpsgd"]
+    parts = []
+    if not dp.empty:
+        accountants = "/".join(sorted(dp["accountant"].astype(str).unique()))
+        deltas = "/".join(f"{d:g}" for d in sorted(pd.to_numeric(dp["delta"]).unique()))
+        parts.append(f"DP-SGD: {accountants}, δ = {deltas}")
+    if (cells["mechanism"] == "ldp").any():
+        parts.append("Local-DP: per pixel value")
+    return f"ε ({'; '.join(parts)})" if parts else "ε"
+
+
 def _epsilon_plot(
     summary_csv: str, y: str, ylabel: str, title: str, outputs: Sequence[str], dpi: int, chance: float | None = None
 ) -> None:
@@ -267,7 +290,7 @@ def _epsilon_plot(
             data=group, x="epsilon", y=y, hue="mechanism", style="mechanism", markers=True, errorbar="sd", ax=ax
         )
         ax.set_xscale("log")
-        ax.set_xlabel("ε (DP-SGD: at δ = 1e-4, PRV; Local-DP: per pixel value)")
+        ax.set_xlabel(_epsilon_label(group))
         ax.set_ylabel(ylabel)
         ax.set_title(dataset)
         if chance is not None:

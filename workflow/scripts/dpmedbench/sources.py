@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import synth
-from .download import KAGGLE, http_download, kaggle_download
+from .download import http_download
 from .errors import ChecksumError, ConfigError
 from .fileio import source_digest, write_json
+from .kaggle import KAGGLE, kaggle_download
 from .medmnist import MEDMNIST
 
 log = logging.getLogger(__name__)

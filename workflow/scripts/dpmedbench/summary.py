@@ -46,6 +46,10 @@ COLUMNS = (
     "audit_members",
     "audit_clean_auc",
     "audit_clean_tpr_at_1pct_fpr",
+    "audit_lira_auc",
+    "audit_lira_tpr_at_1pct_fpr",
+    "audit_lira_n",
+    "audit_lira_references",
 )
 
 
@@ -54,6 +58,7 @@ def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str
     test = evaluation["test"]
     headline = evaluation["audit"][evaluation["audit_headline"]]
     clean = evaluation["audit"].get("clean_members", {})
+    lira = evaluation["audit"].get("lira", {})
     return {
         **metrics["cell"],
         "epsilon": privacy.get("epsilon"),
@@ -87,6 +92,10 @@ def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str
         "audit_members": headline["members"],
         "audit_clean_auc": clean.get("auc"),
         "audit_clean_tpr_at_1pct_fpr": clean.get("tpr_at_1pct_fpr"),
+        "audit_lira_auc": lira.get("auc"),
+        "audit_lira_tpr_at_1pct_fpr": lira.get("tpr_at_1pct_fpr"),
+        "audit_lira_n": lira.get("n_members"),
+        "audit_lira_references": lira.get("reference_models"),
     }
 
 

@@ -76,7 +76,7 @@ class DPSettings:
     noise_multiplier: float | None = None
     accountant: str = "prv"
     norm: str = "group"
-    grad_sample_mode: str = "ew"
+    grad_sample_mode: str = "bk"
     max_physical_batch: int = 32
 
 
@@ -105,6 +105,28 @@ class CellConfig:
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across processes and platforms."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def cpu_threads(requested: int) -> int:
+    """The threads a job asked for, but never more than the CPUs this process may run on (a scheduler's cgroup or
+    affinity mask, or the machine), so an oversized ``--set-threads`` cannot oversubscribe a node."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        available = os.cpu_count() or 1
+    return max(1, min(requested, available))
+
+
+def scheduler_record() -> dict[str, str]:
+    """Where the job ran, when a batch system ran it: the SLURM job id, node and GPUs granted (empty otherwise)."""
+    keys = {
+        "slurm_job_id": "SLURM_JOB_ID",
+        "slurm_node": "SLURMD_NODENAME",
+        "slurm_partition": "SLURM_JOB_PARTITION",
+        "slurm_gpus": "SLURM_JOB_GPUS",
+        "cuda_visible_devices": "CUDA_VISIBLE_DEVICES",
+    }
+    return {name: os.environ[var] for name, var in keys.items() if var in os.environ}
 
 
 def pick_device(requested: str) -> torch.device:
@@ -258,13 +280,15 @@ def train_cell(
     ldp_privacy: str | os.PathLike[str] | None = None,
     fingerprint: str = "",
     threads: int = 1,
+    train_subset: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train a cell and write ``history.csv``, ``best.pt``, ``last.pt`` and ``metrics.json`` into ``out_dir``.
 
     ``train``/``val``/``test``/``val_clean`` are (array .npy, manifest .csv) pairs. ``fingerprint`` identifies
     the settings and code: a ``resume.pt`` left by an interrupted run is used only if it carries the same one.
+    ``train_subset``: indices of the training images to use (reference models of the calibrated audit).
     """
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(cpu_threads(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,6 +301,9 @@ def train_cell(
     }
     if val_clean is not None:
         splits["val_clean"] = load_split("val_clean", *val_clean, device)
+    if train_subset is not None:
+        keep = torch.as_tensor(np.asarray(train_subset), dtype=torch.long, device=device)
+        splits["train"] = Split("train", splits["train"].images[keep], splits["train"].labels[keep])
     classes = int(max(int(s.labels.max()) for s in splits.values() if len(s)) + 1)
     present = sorted(set(splits["train"].labels.tolist()))
     if len(present) < 2:
@@ -299,7 +326,11 @@ def train_cell(
     privacy: dict[str, Any]
     if dp:
         dpm.validate_for_dp(model)
-        forward, sampler = dpm.make_grad_sampler(model, config.dpsgd.grad_sample_mode)  # type: ignore[arg-type]
+        forward, sampler = dpm.make_grad_sampler(
+            model,
+            config.dpsgd.grad_sample_mode,  # type: ignore[arg-type]
+            max_grad_norm=config.dpsgd.max_grad_norm,
+        )
         q = config.batch_size / n
         if q >= 1:
             raise TrainingError(f"batch_size {config.batch_size} is not smaller than the {n} training images")
@@ -325,6 +356,7 @@ def train_cell(
             max_grad_norm=config.dpsgd.max_grad_norm,
             expected_batch_size=config.batch_size,
             generator=noise_gen,
+            grad_sample_mode=config.dpsgd.grad_sample_mode,
         )
         physical = config.dpsgd.max_physical_batch
         log.info(
@@ -480,8 +512,11 @@ def train_cell(
         "chose the epoch)",
         "final": history[-1],
         "privacy": privacy,
+        "n_train": n,
+        "train_subset": train_subset is not None,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "scheduler": scheduler_record(),
         "seconds_this_run": round(time.perf_counter() - started, 2),
         "versions": _versions(),
     }
@@ -605,14 +640,63 @@ def exit_on_interrupt(fn: Any, /, **kwargs: Any) -> Any:
         sys.exit(143)
 
 
+def reference_members(n: int, *, index: int) -> np.ndarray:
+    """Which of ``n`` training images reference model ``index`` trains on: a random half, its own per index.
+
+    >>> m = reference_members(10, index=3)
+    >>> int(m.sum()), bool((m == reference_members(10, index=3)).all())
+    (5, True)
+    >>> bool((m != reference_members(10, index=4)).any())
+    True
+    """
+    members = np.zeros(n, dtype=bool)
+    members[np.random.default_rng(derive_seed(index, "reference-members")).permutation(n)[: n // 2]] = True
+    return members
+
+
+def run_reference(
+    *,
+    settings: Mapping[str, Any],
+    code: str,
+    inputs: Mapping[str, str],
+    out_dir: str | os.PathLike[str],
+    index: int,
+    threads: int,
+) -> dict[str, Any]:
+    """Snakemake entry point of a reference model: the cell's training on a random half of its training split
+    (:func:`reference_members`), then ``members.npy`` (the mask) beside the usual outputs."""
+    n = len(read_labels(inputs["train_csv"]))
+    members = reference_members(n, index=index)
+    result = run_cell(
+        settings=settings,
+        code=code,
+        inputs=inputs,
+        out_dir=out_dir,
+        threads=threads,
+        train_subset=np.flatnonzero(members),
+    )
+    with atomic_outputs(Path(out_dir) / "members.npy") as (tmp,), open(tmp, "wb") as fh:
+        np.save(fh, members)
+    return result
+
+
 def run_cell(
-    *, settings: Mapping[str, Any], code: str, inputs: Mapping[str, str], out_dir: str | os.PathLike[str], threads: int
+    *,
+    settings: Mapping[str, Any],
+    code: str,
+    inputs: Mapping[str, str],
+    out_dir: str | os.PathLike[str],
+    threads: int,
+    train_subset: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Snakemake entry point: ``settings`` is the rule's ``cell`` param, ``inputs`` its named inputs."""
     settings = dict(settings)
     dp = DPSettings(**settings.pop("dpsgd")) if "dpsgd" in settings else DPSettings()
     config = CellConfig(dpsgd=dp, **settings)
-    fingerprint = hashlib.sha256(json.dumps([settings, asdict(dp), code], sort_keys=True).encode()).hexdigest()
+    subset = None if train_subset is None else np.asarray(train_subset).tolist()
+    fingerprint = hashlib.sha256(
+        json.dumps([settings, asdict(dp), code] + ([subset] if subset is not None else []), sort_keys=True).encode()
+    ).hexdigest()
 
     def pair(split: str, array_key: str | None = None) -> tuple[str, str]:
         return inputs[array_key or split], inputs[f"{split}_csv"]
@@ -620,6 +704,7 @@ def run_cell(
     return exit_on_interrupt(
         train_cell,
         config=config,
+        train_subset=train_subset,
         train=pair("train"),
         val=pair("val"),
         test=pair("test"),
