@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,3 +84,21 @@ def test_figures_are_drawn(results, tmp_path):
     for path in outputs:
         head = Path(path).read_bytes()[:8]
         assert head.startswith(b"\x89PNG") if path.endswith("png") else head.startswith(b"%PDF")
+
+
+def test_audit_plot_draws_lira_beside_the_loss_attack_only_when_it_ran(results, tmp_path, monkeypatch):
+    from dpmedbench import report
+
+    summary, _, _ = results
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, outputs, dpi: drawn.append(fig))
+    report.audit_plot(summary_csv=str(summary), outputs=[], dpi=60)
+    frame = pd.read_csv(summary)
+    frame["audit_lira_auc"] = np.where(frame["mechanism"] == "none", 0.9, 0.6)
+    frame.to_csv(tmp_path / "with_lira.csv", index=False)
+    report.audit_plot(summary_csv=str(tmp_path / "with_lira.csv"), outputs=[], dpi=60)
+    legends = [{t.get_text() for t in fig.axes[0].get_legend().get_texts()} for fig in drawn]
+    assert "LiRA (calibrated)" not in legends[0] and "chance" in legends[0]
+    assert {"loss threshold", "LiRA (calibrated)", "chance"} <= legends[1]
+    for fig in drawn:
+        plt.close(fig)

@@ -276,26 +276,52 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
 
 
 def _epsilon_plot(
-    summary_csv: str, y: str, ylabel: str, title: str, outputs: Sequence[str], dpi: int, chance: float | None = None
+    summary_csv: str,
+    ys: Mapping[str, str],
+    ylabel: str,
+    title: str,
+    outputs: Sequence[str],
+    dpi: int,
+    chance: float | None = None,
 ) -> None:
+    """``ys``: summary columns to draw (column -> label); columns no cell has are left out, and with more than
+    one left, the line style tells them apart (the colour is the mechanism)."""
     summary = pd.read_csv(summary_csv)
     data = summary[pd.to_numeric(summary["epsilon"], errors="coerce") > 0].copy()
+    present = [c for c in ys if c in data and pd.to_numeric(data[c], errors="coerce").notna().any()] or [next(iter(ys))]
+    data = pd.concat(
+        [data.assign(value=pd.to_numeric(data[c], errors="coerce"), measure=ys[c]) for c in present],
+        ignore_index=True,
+    )
+    style = "measure" if len(present) > 1 else "mechanism"
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(
-        1, max(1, data["dataset"].nunique()), figsize=(5 * max(1, data["dataset"].nunique()), 3.4), squeeze=False
+        1, max(1, data["dataset"].nunique()), figsize=(5 * max(1, data["dataset"].nunique()), 4.4), squeeze=False
     )
+    palette = dict(zip((LABELS["ldp"], LABELS["dpsgd"]), sns.color_palette(n_colors=2), strict=True))
     for ax, (dataset, group) in zip(axes[0], data.groupby("dataset"), strict=False):
+        xlabel = _epsilon_label(group)
         group = group.assign(mechanism=group["mechanism"].map(LABELS))
         sns.lineplot(
-            data=group, x="epsilon", y=y, hue="mechanism", style="mechanism", markers=True, errorbar="sd", ax=ax
+            data=group,
+            x="epsilon",
+            y="value",
+            hue="mechanism",
+            style=style,
+            markers=True,
+            errorbar="sd",
+            palette=palette,
+            ax=ax,
         )
         ax.set_xscale("log")
-        ax.set_xlabel(_epsilon_label(group))
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(dataset)
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
             ax.legend()
+        # Below the panel, so that no legend hides a line.
+        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False, fontsize="small")
     if data.empty:
         axes[0, 0].text(0.5, 0.5, "no cell with a computed ε", ha="center", va="center")
     fig.suptitle(title)
@@ -305,16 +331,24 @@ def _epsilon_plot(
 
 def privacy_utility(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
     """Test accuracy against ε (log axis), both mechanisms; cells without an ε are left out."""
-    _epsilon_plot(summary_csv, "test_acc", "test accuracy", "Privacy-utility: test accuracy against ε", outputs, dpi)
+    _epsilon_plot(
+        summary_csv,
+        {"test_acc": "test accuracy"},
+        "test accuracy",
+        "Privacy-utility: test accuracy against ε",
+        outputs,
+        dpi,
+    )
 
 
 def audit_plot(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
-    """Membership-inference attack AUC against ε: what the guarantee is worth against a real attack."""
+    """Membership-inference attack AUC against ε: what the guarantee is worth against a real attack. The
+    calibrated attack (LiRA) is drawn beside the loss threshold when it ran."""
     _epsilon_plot(
         summary_csv,
-        "audit_auc",
+        {"audit_auc": "loss threshold", "audit_lira_auc": "LiRA (calibrated)"},
         "membership-inference AUC",
-        "Audit: loss-threshold attack AUC against ε",
+        "Audit: attack AUC against ε",
         outputs,
         dpi,
         chance=0.5,
