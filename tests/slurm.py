@@ -32,9 +32,31 @@ def missing() -> str | None:
         return f"SLURM is not installed ({', '.join(absent)} missing; Debian: slurmctld slurmd slurm-client munge)"
     if os.geteuid() != 0:
         return "a one-node SLURM needs root here (slurmd starts job steps as their user)"
+    if SYSTEM_CONF.is_symlink() and _leftover(SYSTEM_CONF):
+        SYSTEM_CONF.unlink()  # left by a test run that was killed before it could stop its cluster
     if SYSTEM_CONF.exists() or SYSTEM_CONF.is_symlink():
         return f"{SYSTEM_CONF} exists: a SLURM is configured on this machine, and the test will not touch it"
     return None
+
+
+MARKER = "# dp-medbench test cluster"
+
+
+def _leftover(link: Path) -> bool:
+    """A symlink to one of our test configs whose slurmctld is gone (no live process behind its PID file)."""
+    target = Path(os.readlink(link))
+    if not target.exists():
+        return target.name == "slurm.conf"
+    if not target.read_text().startswith(MARKER):
+        return False
+    pid_file = target.parent / "slurmctld.pid"
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _free_port() -> int:
@@ -75,6 +97,7 @@ class Cluster:
         self.conf.write_text(
             "\n".join(
                 [
+                    MARKER,
                     "ClusterName=dpmedbench",
                     "SlurmctldHost=localhost",
                     f"SlurmctldPort={_free_port()}",

@@ -263,13 +263,17 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
 
     >>> _epsilon_label(pd.DataFrame({"mechanism": ["dpsgd"], "accountant": ["prv"], "delta": [1e-4]}))
     'ε (DP-SGD: prv, δ = 0.0001)'
+    >>> _epsilon_label(pd.DataFrame({"mechanism": ["dpsgd", "ldp"], "accountant": [None, None], "delta": [None, 0]}))
+    'ε (DP-SGD: accountant not recorded; Local-DP: per pixel value)'
     """
     dp = cells[cells["mechanism"] == "dpsgd"]
     parts = []
     if not dp.empty:
-        accountants = "/".join(sorted(dp["accountant"].astype(str).unique()))
-        deltas = "/".join(f"{d:g}" for d in sorted(pd.to_numeric(dp["delta"]).unique()))
-        parts.append(f"DP-SGD: {accountants}, δ = {deltas}")
+        accountants = sorted({str(a) for a in dp["accountant"].dropna()})
+        deltas = sorted(pd.to_numeric(dp["delta"], errors="coerce").dropna().unique())
+        record = [", ".join(accountants)] if accountants else []
+        record += [f"δ = {'/'.join(f'{d:g}' for d in deltas)}"] if deltas else []
+        parts.append("DP-SGD: " + (", ".join(record) if record else "accountant not recorded"))
     if (cells["mechanism"] == "ldp").any():
         parts.append("Local-DP: per pixel value")
     return f"ε ({'; '.join(parts)})" if parts else "ε"
