@@ -32,12 +32,12 @@ FIGURE_CODE = script_digest(SCRIPTS / "figure2.py")
 WEIGHTS_CODE = script_digest(SCRIPTS / "weights.py")
 TRAIN_CODE = script_digest(SCRIPTS / "train.py")
 REFERENCE_CODE = script_digest(SCRIPTS / "reference.py")
-# Reference models' training seeds: far from the cells' seeds, so no reference starts like a target.
-REFERENCE_SEED_BASE = 1_000_000
 EVALUATE_CODE = script_digest(SCRIPTS / "evaluate.py")
 SUMMARY_CODE = script_digest(SCRIPTS / "summary.py")
 TABLES_CODE = script_digest(SCRIPTS / "tables.py")
 FIGURES_CODE = script_digest(SCRIPTS / "figures.py")
+# Reference models' training seeds: far from the cells' seeds, so no reference starts like a target.
+REFERENCE_SEED_BASE = 1_000_000
 BETA_LABELS = [beta_label(b) for b in config["betas"]]
 WEIGHTS_URL = RESNET18_URL
 WEIGHTS_DEFAULT = f"data/weights/{RESNET18_URL.rsplit('/', 1)[1]}"

@@ -9,6 +9,7 @@ drift from the code.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -55,12 +56,19 @@ def module_closure(*modules: str) -> list[str]:
         name = todo.pop()
         if name in seen:
             continue
-        path = PACKAGE_DIR / f"{name}.py"
-        if not path.exists():
-            raise FileNotFoundError(f"{PACKAGE}.{name}: no module {path}")
         seen.add(name)
-        todo.extend(_imported_modules(ast.parse(path.read_text(), str(path)), inside_package=True) - seen)
+        todo.extend(_package_imports(name) - seen)
     return sorted(seen)
+
+
+@functools.cache
+def _package_imports(name: str) -> frozenset[str]:
+    """The package modules one package module imports, parsed once per process (every rule's digest walks the
+    same modules)."""
+    path = PACKAGE_DIR / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{PACKAGE}.{name}: no module {path}")
+    return frozenset(_imported_modules(ast.parse(path.read_text(), str(path)), inside_package=True))
 
 
 def script_modules(script: str | os.PathLike[str]) -> list[str]:

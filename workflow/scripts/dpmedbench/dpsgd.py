@@ -125,6 +125,7 @@ class BookKeeping:
             if not isinstance(m, nn.Conv2d | nn.Linear | nn.GroupNorm):
                 raise ValueError(f"grad_sample_mode 'bk' does not support trainable {type(m).__name__} layers")
         self._records: list[list] = []
+        self._active = False  # record only during this sampler's own forward pass, not during evaluation
         for m in self.layers:
             m.register_forward_hook(self._record)
 
@@ -139,8 +140,6 @@ class BookKeeping:
         self._records.append(record)
         output.register_hook(lambda grad: record.__setitem__(2, grad.detach()))
         return output
-
-    _active = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         params = [p for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
@@ -185,11 +184,10 @@ def _conv_uses_ghost(module: nn.Conv2d, positions: int) -> bool:
 
 def _norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[object, torch.Tensor]:
     """Per-example squared gradient norms of one layer's parameters, and what the clipped sum can reuse."""
-    b = len(a)
     if isinstance(module, nn.Linear):
-        n2 = (a.reshape(b, -1) ** 2).sum(1) * (g.reshape(b, -1) ** 2).sum(1) if a.dim() == 2 else None
-        if n2 is None:
+        if a.dim() != 2:
             raise ValueError("grad_sample_mode 'bk' supports Linear layers on (batch, features) inputs only")
+        n2 = (a**2).sum(1) * (g**2).sum(1)
         if module.bias is not None:
             n2 = n2 + (g**2).sum(1)
         return None, n2

@@ -114,7 +114,8 @@ def evaluate_cell(
     audits = {}
     if ldp:
         privacy = json.loads(Path(inputs["privacy"]).read_text())
-        _, seen_losses = predict(model, split("train_seen"), prep, eval_batch)
+        seen = split("train_seen")
+        _, seen_losses = predict(model, seen, prep, eval_batch)
         noised_test = _noised_like_copy(test, privacy, dataset=cell["cell"]["dataset"], seed=derive_seed(seed, "nm"))
         _, noised_losses = predict(model, noised_test, prep, eval_batch)
         audits["noisy_members"] = {
@@ -127,18 +128,16 @@ def evaluate_cell(
             "members": "the clean originals of the training images",
             "nonmembers": "clean test images",
         }
+        headline, sides = "noisy_members", (seen, seen_losses, noised_test, noised_losses)
     else:
         audits["members"] = {
             **loss_attack(clean_losses, test_loss, seed=audit_seed),
             "members": "the training images",
             "nonmembers": "test images (held out, same distribution)",
         }
-    headline = "noisy_members" if ldp else "members"
-    if references:
-        member_split = split("train_seen") if ldp else train_clean
-        nonmember_split = noised_test if ldp else test
-        member_losses = seen_losses if ldp else clean_losses
-        nonmember_losses = noised_losses if ldp else test_loss
+        headline, sides = "members", (train_clean, clean_losses, test, test_loss)
+    if references:  # the headline audit's images, with the calibrated attack
+        member_split, member_losses, nonmember_split, nonmember_losses = sides
         ref_member, ref_nonmember, ref_in = [], [], []
         for ref_best, ref_members in references:
             ref_model, ref_prep, _ = _load_model(ref_best, dev)
