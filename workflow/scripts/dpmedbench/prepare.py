@@ -19,7 +19,8 @@ import multiprocessing
 import os
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -116,25 +117,58 @@ def _decode_member(task: tuple[str, int, int, str]) -> np.ndarray:
         raise ImageError(f"{_worker_archive.describe(member)}: cannot read from the archive: {exc}") from None
 
 
+def _decode_chunk(tasks: Sequence[tuple[str, int, int, str]]) -> np.ndarray:
+    return np.stack([_decode_member(t) for t in tasks])
+
+
+#: Images per task sent to a worker process.
+CHUNK = 8
+
+
 def decode_members(
     archive: Archive, members: Sequence[str], out: np.ndarray, *, mode: ResizeMode, threads: int
 ) -> None:
     """Decode and resize ``members`` into the rows of ``out`` (``(N, size, size, C)`` uint8), in order,
-    on ``threads`` processes."""
+    on ``threads`` processes.
+
+    At most ``2 * threads`` chunks of :data:`CHUNK` images are in flight. After a failure no new chunk is sent;
+    those in flight finish, the workers shut down normally, and the error of the earliest failed chunk is
+    raised. (``multiprocessing.Pool`` left by an exception calls ``terminate()``, which deadlocked here about
+    once in a few hundred runs: CPython's pool threads waited on a queue lock a killed worker held.)
+    """
     size, channels = out.shape[1], out.shape[3]
     tasks = [(m, size, channels, mode) for m in members]
     if threads <= 1 or len(tasks) < 2 * threads:
         _init_worker(archive, reopen=False)
-        results: Iterable[np.ndarray] = map(_decode_member, tasks)
-        for i, arr in enumerate(results):
-            out[i] = arr
+        for i, task in enumerate(tasks):
+            out[i] = _decode_member(task)
         return
+    starts = range(0, len(tasks), CHUNK)
     ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    with ctx.Pool(threads, initializer=_init_worker, initargs=(archive, True)) as pool:
-        for i, arr in enumerate(pool.imap(_decode_member, tasks, chunksize=8)):
-            out[i] = arr
-            if (i + 1) % 1000 == 0:
-                log.info("  %d / %d images", i + 1, len(tasks))
+    failures: dict[int, BaseException] = {}
+    with ProcessPoolExecutor(threads, mp_context=ctx, initializer=_init_worker, initargs=(archive, True)) as ex:
+        in_flight: dict[Future[np.ndarray], int] = {}
+        todo = iter(starts)
+        done = 0
+        while True:
+            while not failures and len(in_flight) < 2 * threads and (start := next(todo, None)) is not None:
+                in_flight[ex.submit(_decode_chunk, tasks[start : start + CHUNK])] = start
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                start = in_flight.pop(future)
+                try:
+                    arrays = future.result()
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after the pool has shut down
+                    failures[start] = exc
+                    continue
+                out[start : start + len(arrays)] = arrays
+                done += len(arrays)
+                if done // 1000 > (done - len(arrays)) // 1000:
+                    log.info("  %d / %d images", done, len(tasks))
+    if failures:
+        raise failures[min(failures)]
 
 
 def resize_array(images: np.ndarray, *, size: int, channels: int, mode: ResizeMode) -> np.ndarray:
