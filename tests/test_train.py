@@ -319,12 +319,43 @@ def test_book_keeping_takes_the_cheaper_norm_route_per_layer():
     model = build_resnet18(num_classes=2, weights=None, norm="group")
     assert not _conv_uses_ghost(model.conv1, 112 * 112)
     assert not _conv_uses_ghost(model.layer1[0].conv1, 56 * 56)
+    assert _conv_uses_ghost(model.layer3[1].conv2, 14 * 14)
     assert _conv_uses_ghost(model.layer4[0].conv2, 7 * 7)
     assert not _conv_uses_ghost(model.conv1, 10 * 10) and _conv_uses_ghost(model.layer1[0].conv1, 5 * 5)
     with pytest.raises(ValueError, match="needs max_grad_norm"):
         make_grad_sampler(model, "bk")
     with pytest.raises(ValueError, match="does not support trainable BatchNorm2d"):
         make_grad_sampler(build_resnet18(num_classes=2, weights=None, norm="batch"), "bk", max_grad_norm=1.0)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        torch.nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False),
+        torch.nn.Conv2d(4, 5, 3, stride=1, padding=2, dilation=2),
+        torch.nn.Conv2d(4, 6, 1, stride=2, bias=False),
+        torch.nn.Conv2d(3, 2, (3, 5), stride=(2, 1), padding=(0, 2)),
+    ],
+    ids=["stem", "dilated", "downsample", "rectangular"],
+)
+def test_both_per_example_conv_routes_give_each_examples_own_gradient(conv):
+    """The per-example weight gradients of 'bk' (one conv2d_weight per example on the CPU; one bmm over the
+    unfolded input elsewhere) equal the gradient of each example's loss alone, computed by autograd."""
+    from dpmedbench.dpsgd import _per_example_conv_grads
+
+    torch.manual_seed(3)
+    conv = conv.double()
+    a = torch.randn(3, conv.in_channels, 13, 11, dtype=torch.float64)
+    out = conv(a)
+    g = torch.randn_like(out)
+    expected = []
+    for i in range(len(a)):
+        conv.zero_grad()
+        (conv(a[i : i + 1]) * g[i : i + 1]).sum().backward()
+        expected.append(conv.weight.grad.flatten(1).clone())
+    for batched in (False, True):
+        got = _per_example_conv_grads(conv, a, g.detach(), batched=batched)
+        torch.testing.assert_close(got, torch.stack(expected), rtol=1e-10, atol=1e-12)
 
 
 def test_weights_are_loaded_safely_and_bad_files_refused(tmp_path):

@@ -7,14 +7,16 @@ Per-example gradient modes (``grad_sample_mode``):
   fastest of them on the 2-core CPU machines at 224 px, batch 32: 1.85-2.0x a non-private step.
 * ``vmap``: ``torch.func.vmap(grad(...))`` over the batch, written into ``p.grad_sample`` for Opacus's optimizer
   (as Opacus's own ``no_op`` mode expects): 2.04x there, and the most memory.
-* ``bk`` (default): book-keeping clipping with mixed ghost norms (Bu et al. 2022, 2023), written here; 1.53-1.58x
+* ``bk`` (default): book-keeping clipping with mixed ghost norms (Bu et al. 2022, 2023), written here; about 1.2x
   a non-private step there, with a third of ``ew``'s extra memory. One backward pass
   computes only input gradients and records each layer's input and output gradient. Per-example gradient
   norms come from them layer by layer, with each convolution taking the cheaper of two routes: the per-example
-  gradient itself (early layers: many positions, few weights) or the ghost norm, ||G_i U_i^T||^2 =
-  <U_i^T U_i, G_i^T G_i> (late layers: few positions, many weights). The clipped sum sum_i c_i g_i is then one
-  ordinary weight-gradient computation with each example's output gradient scaled by its clip factor c_i. No
-  tensor of all per-example gradients is ever held, and the backward pass stops at the first layer's output
+  gradient itself (early layers: many positions, few weights; on the CPU one ``conv2d_weight`` per example,
+  since unfolding the input costs more than the product) or the ghost norm, ||G_i U_i^T||^2 =
+  <U_i^T U_i, G_i^T G_i> (late layers: few positions, many weights). The clipped sum sum_i c_i g_i is then the
+  clip-weighted sum of the per-example gradients, or, for ghost-norm layers, one ordinary weight-gradient
+  computation with each example's output gradient scaled by its clip factor c_i. Per-example gradients are held
+  only for the early layers, where they are small, and the backward pass stops at the first layer's output
   instead of differentiating the images.
 
 Whatever the mode, noise and accounting are Opacus's: :class:`opacus.optimizers.DPOptimizer` clips each
@@ -176,10 +178,29 @@ class BookKeeping:
 
 
 def _conv_uses_ghost(module: nn.Conv2d, positions: int) -> bool:
-    """Ghost norm costs T^2 (d + p) per example, the per-example gradient T d p: take the cheaper."""
+    """Ghost norm costs T^2 (d + p) per example, the per-example gradient T d p and B p d numbers held until the
+    clip factors are known: take the ghost norm where T (d + p) < d p (ResNet-18 at 224 px: layer3 and layer4).
+    At the boundary (layer3) both routes take the same time on the CPU; the ghost norm holds less."""
     d = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
     p = module.out_channels
     return positions * (d + p) < d * p
+
+
+def _per_example_conv_grads(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, *, batched: bool) -> torch.Tensor:
+    """Per-example weight gradients (B, p, d) of an ungrouped convolution with input ``a`` and output gradient
+    ``g``. ``batched``: one ``bmm`` over the unfolded input (one kernel, but the unfolded copy is d/C_in times
+    the input); otherwise one ``conv2d_weight`` per example, which on the CPU is 2-3x faster for the early
+    layers because it never materialises the unfolded input."""
+    if batched:
+        u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, d, T)
+        return torch.bmm(g.flatten(2), u.transpose(1, 2))
+    grads = [
+        torch.nn.grad.conv2d_weight(
+            a[i : i + 1], module.weight.shape, g[i : i + 1], module.stride, module.padding, module.dilation
+        )
+        for i in range(len(a))
+    ]
+    return torch.stack(grads).flatten(2)
 
 
 def _norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[object, torch.Tensor]:
@@ -199,12 +220,12 @@ def _norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[object,
     if module.groups != 1:
         raise ValueError("grad_sample_mode 'bk' supports ungrouped convolutions only")
     gm = g.flatten(2)  # (B, p, T)
-    u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, d, T)
     if _conv_uses_ghost(module, gm.shape[2]):
+        u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, d, T)
         n2 = (torch.bmm(u.transpose(1, 2), u) * torch.bmm(gm.transpose(1, 2), gm)).sum((1, 2))
         piece = None
     else:
-        piece = torch.bmm(gm, u.transpose(1, 2))  # per-example weight gradients (B, p, d)
+        piece = _per_example_conv_grads(module, a, g, batched=a.device.type != "cpu")
         n2 = (piece**2).sum((1, 2))
     if module.bias is not None:
         n2 = n2 + (gm.sum(2) ** 2).sum(1)
