@@ -358,6 +358,40 @@ def test_both_per_example_conv_routes_give_each_examples_own_gradient(conv):
         torch.testing.assert_close(got, torch.stack(expected), rtol=1e-10, atol=1e-12)
 
 
+def test_book_keeping_clips_biased_convolutions_exactly():
+    """'bk' on layers ResNet-18 lacks: convolutions with bias (both norm routes), dilation and stride, before
+    GroupNorm and a Linear head. Its clipped sums equal a one-example-at-a-time loop's (float64)."""
+    from dpmedbench.dpsgd import BookKeeping, _conv_uses_ghost
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),  # per-example route (many positions, few weights)
+        torch.nn.GroupNorm(4, 16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 64, 3, stride=2, dilation=2, padding=2),  # ghost route (few positions, many weights)
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 3),
+    ).double()
+    assert not _conv_uses_ghost(model[0], 10 * 10) and _conv_uses_ghost(model[3], 5 * 5)
+    x, y = torch.randn(5, 3, 10, 10, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    clip = 0.4
+    params = list(model.parameters())
+    expected = [torch.zeros_like(q) for q in params]
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        norm = torch.sqrt(sum((q.grad**2).sum() for q in params)).item()
+        for e, q in zip(expected, params, strict=True):
+            e += min(1.0, clip / (norm + 1e-6)) * q.grad
+    model.zero_grad(set_to_none=True)
+    BookKeeping(model, max_grad_norm=clip)(x, y)
+    for e, q in zip(expected, params, strict=True):
+        torch.testing.assert_close(q.clipped_sum, e, rtol=1e-9, atol=1e-12)
+        assert q.grad is None  # 'bk' never fills .grad
+
+
 def test_weights_are_loaded_safely_and_bad_files_refused(tmp_path):
     state = build_resnet18(num_classes=1000, weights=None).state_dict()
     torch.save(state, tmp_path / "resnet18.pth")
