@@ -358,6 +358,34 @@ def test_both_per_example_conv_routes_give_each_examples_own_gradient(conv):
         torch.testing.assert_close(got, torch.stack(expected), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        torch.nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False),
+        torch.nn.Conv2d(4, 5, 3, stride=1, padding=2, dilation=2),
+        torch.nn.Conv2d(4, 6, 1, stride=2, bias=False),
+        torch.nn.Conv2d(3, 2, (3, 5), stride=(2, 1), padding=(0, 2)),
+    ],
+    ids=["stem", "dilated", "downsample", "rectangular"],
+)
+def test_strided_unfold_equals_torchs_unfold(conv):
+    """The GPU route's unfold (one copy of a strided view) gives exactly F.unfold's numbers, whatever the memory
+    layout of the input."""
+    from dpmedbench.dpsgd import _unfold
+
+    a = torch.randn(3, conv.in_channels, 13, 11)
+    for x in (a, a.contiguous(memory_format=torch.channels_last), a[:, :, 1:, :]):
+        expected = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        assert torch.equal(_unfold(x, conv, strided=True), expected)
+        assert torch.equal(_unfold(x, conv), expected)
+
+
+def test_book_keeping_refuses_paddings_it_would_get_wrong():
+    for conv in (torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.Conv2d(3, 4, 3, padding="same")):
+        with pytest.raises(ValueError, match="numeric zero padding only"):
+            make_grad_sampler(torch.nn.Sequential(conv), "bk", max_grad_norm=1.0)
+
+
 def test_book_keeping_clips_biased_convolutions_exactly():
     """'bk' on layers ResNet-18 lacks: convolutions with bias (both norm routes), dilation and stride, before
     GroupNorm and a Linear head. Its clipped sums equal a one-example-at-a-time loop's (float64)."""
