@@ -1,6 +1,6 @@
 """The benchmark command runs and prints its table (its figures are not asserted: they are measurements)."""
 
-from dpmedbench import bench
+from dpmedbench import bench, benchdp
 
 
 def test_resize_benchmark_prints_a_table(capsys):
@@ -29,11 +29,11 @@ def test_dpsgd_benchmark_prints_a_table(capsys):
 
 
 def test_equivalence_check_finds_every_mode_equal_to_the_per_example_loop(capsys):
-    rows = bench.dp_equivalence(device="cpu", modes=["bk", "ew"], size=24, batch=4)
+    rows = benchdp.dp_equivalence(device="cpu", modes=["bk", "ew"], size=24, batch=4)
     out = capsys.readouterr().out
     assert "float32, TF32 on" in out and "\nfloat64            bk " in out
     by = {(r["precision"], r["mode"]): r for r in rows}
-    assert set(by) == {(p, m) for p, _, _ in bench.PRECISIONS for m in ("loop", "bk", "ew")}
+    assert set(by) == {(p, m) for p, _, _ in benchdp.PRECISIONS for m in ("loop", "bk", "ew")}
     for mode in ("bk", "ew"):
         assert by["float64", mode]["max_rel_error"] < 1e-12
         assert by["float32, TF32 off", mode]["vs_loop"] < 1e-4

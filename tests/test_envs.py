@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dpmedbench.digest import PACKAGE_DIR, module_closure, script_modules
+from dpmedbench.names import PLAN_MODULES
 
 from .conftest import REPO, clone
 
@@ -101,7 +102,10 @@ def _distributions_needed(script: Path) -> set[str]:
     module it reaches (imports inside functions included). ``snakemake`` is not needed in the env: Snakemake
     puts its own installation on the script's path."""
     modules = _third_party_imports(script)
-    for name in module_closure(*script_modules(script)):
+    reached = script_modules(script)
+    if "plans" in module_closure(*reached):  # plans are imported by name, one per mechanism: all of them can run
+        reached += list(PLAN_MODULES.values())
+    for name in module_closure(*reached):
         modules |= _third_party_imports(PACKAGE_DIR / f"{name}.py")
     owners = packages_distributions()
     return {_norm(owners.get(m, [m])[0]) for m in modules} - {"snakemake"}

@@ -110,3 +110,13 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
         assert row["epsilon"] == 2.0 and row["audit_clean_auc"] is not None
     else:
         assert row["epsilon"] is None and row["accountant"] is None
+
+
+def test_evaluation_imports_neither_training_nor_dp_sgd():
+    """The evaluate rule's code digest covers only what evaluation runs: editing the training loop, a plan or
+    the DP-SGD code re-evaluates no cell by itself."""
+    from dpmedbench.digest import module_closure
+
+    closure = set(module_closure("evaluate"))
+    assert {"tensors", "runtime", "models", "audit", "metrics"} <= closure
+    assert not closure & {"train", "loop", "plans", "dpplan", "dpsgd", "bookkeeping", "checkpoint"}

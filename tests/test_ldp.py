@@ -5,7 +5,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from dpmedbench.figures import figure2
+from dpmedbench.figure2 import figure2
 from dpmedbench.ldp import (
     MECHANISMS,
     beta_label,

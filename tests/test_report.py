@@ -78,10 +78,12 @@ def test_tables_in_three_formats(results, tmp_path):
 
 def test_figures_are_drawn(results, tmp_path):
     summary, cells, histories = results
-    names = ("figure3", "figure4", "privacy_utility", "audit_auc")
-    outputs = [str(tmp_path / f"{n}.{e}") for n in names for e in ("png", "pdf")]
+    names = ("figure3", "figure4", "privacy_utility", "audit")
+    outputs = {f"{n}_{e}": str(tmp_path / f"{n}.{e}") for n in names for e in ("png", "pdf")}
     draw_figures(summary_csv=str(summary), histories=histories, cells=cells, outputs=outputs, dpi=60)
-    for path in outputs:
+    with pytest.raises(ValueError, match="no output path for"):
+        draw_figures(summary_csv=str(summary), histories=histories, cells=cells, outputs={}, dpi=60)
+    for path in outputs.values():
         head = Path(path).read_bytes()[:8]
         assert head.startswith(b"\x89PNG") if path.endswith("png") else head.startswith(b"%PDF")
 

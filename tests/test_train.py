@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
@@ -15,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from dpmedbench.dpsgd import GRAD_SAMPLE_MODES, calibrate_noise, epsilon, make_grad_sampler, make_optimizer
 from dpmedbench.models import build_resnet18
 from dpmedbench.synth import chest_image
 from dpmedbench.train import CellConfig, DPSettings, TrainingError, train_cell
@@ -79,6 +76,7 @@ def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism
         json.dumps(
             {
                 "mechanism": "laplace_pixel",
+                "epsilon": 1.0,
                 "epsilon_per_value": 1.0,
                 "epsilon_per_image": 784,
                 "delta": 0,
@@ -133,7 +131,8 @@ def test_same_seed_same_results(data, tmp_path):
 
 
 _RUNNER = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, {scripts!r})
 from dpmedbench.train import CellConfig, DPSettings, train_cell, exit_on_interrupt
 cfg = CellConfig(**json.loads({config!r}))
@@ -178,6 +177,7 @@ def test_sigterm_then_rerun_equals_an_uninterrupted_run(data, tmp_path, mechanis
 
     rerun = _run(config, data, tmp_path / "killed")
     assert rerun.wait(timeout=600) == 0, rerun.stderr.read()
+    assert f"resuming after epoch {saved_epoch}" in rerun.stderr.read()  # it resumed, not started afresh
     assert not resume.exists()
     rows = [read_history(tmp_path / d / "history.csv") for d in ("whole", "killed")]
     for r in rows:
@@ -224,202 +224,6 @@ def test_one_class_and_nan_inputs_are_refused(tmp_path, data):
     assert not (tmp_path / "n" / "metrics.json").exists()
 
 
-def test_calibrated_noise_meets_the_target():
-    for beta in (1.0, 2.0, 4.0):
-        sigma = calibrate_noise(
-            target_epsilon=1 / beta, delta=1e-4, sample_rate=128 / 4700, steps=37 * 50, accountant="prv"
-        )
-        eps = epsilon([(sigma, 128 / 4700, 37 * 50)], delta=1e-4, accountant="prv")
-        assert 1 / beta - 0.02 < eps <= 1 / beta + 1e-9, (beta, sigma, eps)
-        assert epsilon([(sigma, 128 / 4700, 37 * 50)], delta=1e-4, accountant="rdp") > eps
-
-
-@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
-def test_with_zero_noise_every_mode_clips_like_the_reference(mode):
-    """sigma = 0: the update must be the sum of per-example gradients, each clipped to C, over the expected
-    batch size, exactly as a one-example-at-a-time loop computes it (float64), across two physical chunks."""
-    torch.manual_seed(0)
-    base = build_resnet18(num_classes=3, weights=None, norm="group").double()
-    x = torch.randn(6, 3, 20, 20, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 0, 1, 2])
-    clip, expected_batch = 0.5, 8
-    ref = copy.deepcopy(base)
-    params = [p for p in ref.parameters() if p.requires_grad]
-    total = [torch.zeros_like(p) for p in params]
-    clipped = 0
-    for i in range(len(x)):
-        ref.zero_grad()
-        F.cross_entropy(ref(x[i : i + 1]), y[i : i + 1]).backward()
-        grads = [p.grad.detach().clone() for p in params]
-        norm = torch.sqrt(sum((g**2).sum() for g in grads)).item()
-        clipped += norm > clip
-        for t, g in zip(total, grads, strict=True):
-            t += min(1.0, clip / (norm + 1e-6)) * g
-    assert clipped >= 3, "the test must exercise clipping"
-    model = copy.deepcopy(base)
-    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    _, sample = make_grad_sampler(model, mode, max_grad_norm=clip)
-    opt = make_optimizer(
-        model,
-        lr=1.0,
-        momentum=0,
-        weight_decay=0,
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        expected_batch_size=expected_batch,
-        generator=torch.Generator().manual_seed(0),
-        grad_sample_mode=mode,
-    )
-    sample(x[:4], y[:4])
-    opt.signal_skip_step(True)
-    opt.step()
-    opt.zero_grad()
-    sample(x[4:], y[4:])
-    opt.step()
-    after = [p.detach() for p in model.parameters() if p.requires_grad]
-    for a, b, t in zip(after, before, total, strict=True):
-        torch.testing.assert_close(a - b, -t / expected_batch, rtol=1e-9, atol=1e-12)
-
-
-def test_book_keeping_noises_exactly_like_opacus():
-    """sigma > 0: with the same generator, 'bk' and Opacus's 'ew' make the same noisy update (same clip factors,
-    the same noise drawn for the same parameters in the same order), so the accountant's guarantee carries over."""
-    torch.manual_seed(1)
-    base = build_resnet18(num_classes=2, weights=None, norm="group").double()
-    x, y = torch.randn(5, 3, 24, 24, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1])
-    updates = {}
-    for mode in ("ew", "bk"):
-        model = copy.deepcopy(base)
-        before = [p.detach().clone() for p in model.parameters()]
-        _, sample = make_grad_sampler(model, mode, max_grad_norm=0.3)
-        opt = make_optimizer(
-            model,
-            lr=1.0,
-            momentum=0,
-            weight_decay=0,
-            noise_multiplier=1.3,
-            max_grad_norm=0.3,
-            expected_batch_size=4,
-            generator=torch.Generator().manual_seed(7),
-            grad_sample_mode=mode,
-        )
-        sample(x, y)
-        opt.step()
-        updates[mode] = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
-    for a, b in zip(updates["ew"], updates["bk"], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    assert sum(float(u.abs().sum()) for u in updates["bk"]) > 1.0  # the noise is really there
-
-
-def test_book_keeping_takes_the_cheaper_norm_route_per_layer():
-    """At 224 px the early convolutions (many positions) instantiate per-example gradients and the late ones
-    (few positions, many weights) use ghost norms; at the 20 px of the zero-noise test above both routes run."""
-    from dpmedbench.dpsgd import _conv_uses_ghost
-
-    model = build_resnet18(num_classes=2, weights=None, norm="group")
-    assert not _conv_uses_ghost(model.conv1, 112 * 112)
-    assert not _conv_uses_ghost(model.layer1[0].conv1, 56 * 56)
-    assert _conv_uses_ghost(model.layer3[1].conv2, 14 * 14)
-    assert _conv_uses_ghost(model.layer4[0].conv2, 7 * 7)
-    assert not _conv_uses_ghost(model.conv1, 10 * 10) and _conv_uses_ghost(model.layer1[0].conv1, 5 * 5)
-    with pytest.raises(ValueError, match="needs max_grad_norm"):
-        make_grad_sampler(model, "bk")
-    with pytest.raises(ValueError, match="does not support trainable BatchNorm2d"):
-        make_grad_sampler(build_resnet18(num_classes=2, weights=None, norm="batch"), "bk", max_grad_norm=1.0)
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [
-        torch.nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False),
-        torch.nn.Conv2d(4, 5, 3, stride=1, padding=2, dilation=2),
-        torch.nn.Conv2d(4, 6, 1, stride=2, bias=False),
-        torch.nn.Conv2d(3, 2, (3, 5), stride=(2, 1), padding=(0, 2)),
-    ],
-    ids=["stem", "dilated", "downsample", "rectangular"],
-)
-def test_both_per_example_conv_routes_give_each_examples_own_gradient(conv):
-    """The per-example weight gradients of 'bk' (one conv2d_weight per example on the CPU; one bmm over the
-    unfolded input elsewhere) equal the gradient of each example's loss alone, computed by autograd."""
-    from dpmedbench.dpsgd import _per_example_conv_grads
-
-    torch.manual_seed(3)
-    conv = conv.double()
-    a = torch.randn(3, conv.in_channels, 13, 11, dtype=torch.float64)
-    out = conv(a)
-    g = torch.randn_like(out)
-    expected = []
-    for i in range(len(a)):
-        conv.zero_grad()
-        (conv(a[i : i + 1]) * g[i : i + 1]).sum().backward()
-        expected.append(conv.weight.grad.flatten(1).clone())
-    for batched in (False, True):
-        got = _per_example_conv_grads(conv, a, g.detach(), batched=batched)
-        torch.testing.assert_close(got, torch.stack(expected), rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [
-        torch.nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False),
-        torch.nn.Conv2d(4, 5, 3, stride=1, padding=2, dilation=2),
-        torch.nn.Conv2d(4, 6, 1, stride=2, bias=False),
-        torch.nn.Conv2d(3, 2, (3, 5), stride=(2, 1), padding=(0, 2)),
-    ],
-    ids=["stem", "dilated", "downsample", "rectangular"],
-)
-def test_strided_unfold_equals_torchs_unfold(conv):
-    """The GPU route's unfold (one copy of a strided view) gives exactly F.unfold's numbers, whatever the memory
-    layout of the input."""
-    from dpmedbench.dpsgd import _unfold
-
-    a = torch.randn(3, conv.in_channels, 13, 11)
-    for x in (a, a.contiguous(memory_format=torch.channels_last), a[:, :, 1:, :]):
-        expected = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-        assert torch.equal(_unfold(x, conv, strided=True), expected)
-        assert torch.equal(_unfold(x, conv), expected)
-
-
-def test_book_keeping_refuses_paddings_it_would_get_wrong():
-    for conv in (torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.Conv2d(3, 4, 3, padding="same")):
-        with pytest.raises(ValueError, match="numeric zero padding only"):
-            make_grad_sampler(torch.nn.Sequential(conv), "bk", max_grad_norm=1.0)
-
-
-def test_book_keeping_clips_biased_convolutions_exactly():
-    """'bk' on layers ResNet-18 lacks: convolutions with bias (both norm routes), dilation and stride, before
-    GroupNorm and a Linear head. Its clipped sums equal a one-example-at-a-time loop's (float64)."""
-    from dpmedbench.dpsgd import BookKeeping, _conv_uses_ghost
-
-    torch.manual_seed(5)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1),  # per-example route (many positions, few weights)
-        torch.nn.GroupNorm(4, 16),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 64, 3, stride=2, dilation=2, padding=2),  # ghost route (few positions, many weights)
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(64, 3),
-    ).double()
-    assert not _conv_uses_ghost(model[0], 10 * 10) and _conv_uses_ghost(model[3], 5 * 5)
-    x, y = torch.randn(5, 3, 10, 10, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
-    clip = 0.4
-    params = list(model.parameters())
-    expected = [torch.zeros_like(q) for q in params]
-    for i in range(len(x)):
-        model.zero_grad()
-        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        norm = torch.sqrt(sum((q.grad**2).sum() for q in params)).item()
-        for e, q in zip(expected, params, strict=True):
-            e += min(1.0, clip / (norm + 1e-6)) * q.grad
-    model.zero_grad(set_to_none=True)
-    BookKeeping(model, max_grad_norm=clip)(x, y)
-    for e, q in zip(expected, params, strict=True):
-        torch.testing.assert_close(q.clipped_sum, e, rtol=1e-9, atol=1e-12)
-        assert q.grad is None  # 'bk' never fills .grad
-
-
 def test_weights_are_loaded_safely_and_bad_files_refused(tmp_path):
     state = build_resnet18(num_classes=1000, weights=None).state_dict()
     torch.save(state, tmp_path / "resnet18.pth")
@@ -442,3 +246,46 @@ def test_frozen_batchnorm_keeps_imagenet_statistics(tmp_path):
     model = build_resnet18(num_classes=2, weights=tmp_path / "w.pth", norm="frozen")
     assert torch.equal(model.bn1.running_mean, torch.arange(64, dtype=torch.float32))
     assert not any("bn" in n for n, p in model.named_parameters())  # nothing in them is trained
+
+
+class _Payload:
+    """A pickle that, if unpickled, creates a file: what a crafted resume.pt could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_resume_file_runs_nothing_and_training_starts_afresh(data, tmp_path, caplog):
+    out, marker = tmp_path / "cell", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"fingerprint": "fp", "epoch": 1, "model": _Payload(marker)}, out / "resume.pt")
+    torch.save({"x": _Payload(marker)}, out / "resume_best.pt")
+    assert not marker.exists()
+    with caplog.at_level("WARNING"):
+        metrics = train_cell(
+            tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=out, fingerprint="fp"
+        )
+    assert not marker.exists(), "unpickling the resume file ran its payload"
+    assert "cannot be read safely" in caplog.text and metrics["best_epoch"] >= 1
+    assert [int(r["epoch"]) for r in read_history(out / "history.csv")] == [1, 2]
+
+
+def test_a_resume_file_from_another_kind_of_device_is_not_used(data, tmp_path, caplog):
+    from dpmedbench.checkpoint import RunState, load_resume, save_resume
+    from dpmedbench.plans import Plan, Streams
+
+    model = build_resnet18(num_classes=2, weights=None, norm="batch")
+    plan = Plan(tiny("none"), n_train=24, streams=Streams(0), ldp_privacy=None)
+    plan.attach(model)
+    state = RunState()
+    state.record({"epoch": 1, "val_acc": 0.5}, model)
+    save_resume(tmp_path, state, model, plan, "fp")
+    assert load_resume(tmp_path, fingerprint="fp", model=model, plan=plan, device=torch.device("cpu")).epoch == 1
+    saved = torch.load(tmp_path / "resume.pt", weights_only=True)
+    torch.save({**saved, "device": "cuda"}, tmp_path / "resume.pt")
+    with caplog.at_level("WARNING"):
+        fresh = load_resume(tmp_path, fingerprint="fp", model=model, plan=plan, device=torch.device("cpu"))
+    assert fresh.epoch == 0 and "another kind of device" in caplog.text

@@ -243,6 +243,34 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figures": 1}
 
 
+def test_speed_only_settings_rerun_nothing(demo):
+    """Settings that change only speed, memory or where a job runs (settings.SPEED_ONLY) are not params."""
+    from dpmedbench.settings import SPEED_ONLY
+
+    changes = {
+        ("", "device"): "cpu",
+        ("model", "eval_batch"): 3,
+        ("dpsgd", "max_physical_batch"): 2,
+        ("ldp", "chunk_images"): 5,
+    }
+    assert set(changes) == set(SPEED_ONLY)
+    config = _demo_config(demo)
+    for (section, key), value in changes.items():
+        (config.setdefault(section, {}) if section else config)[key] = value
+    dry = snakemake(demo, "-n", config=config)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    config = _demo_config(demo)
+    config.setdefault("model", {})["max_physical_batch"] = 2  # BatchNorm statistics: the BatchNorm cells rerun
+    assert _jobs(snakemake(demo, "-n", config=config)) == {
+        "all": 1,
+        "train": 8,
+        "evaluate": 8,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
+
+
 def test_the_calibrated_audit_adds_reference_models_and_retrains_no_cell(demo):
     config = _demo_config(demo)
     config["evaluation"] = {"reference_models": 2}
@@ -279,11 +307,14 @@ def test_calibrated_audit_end_to_end(workdir):
     [
         # Training code: every training cell, and everything downstream of the cells.
         ("train.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
-        ("dpsgd.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+        ("loop.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+        # DP-SGD code: the DP-SGD cells only (each cell's digest covers its own plan).
+        ("dpsgd.py", {"all": 1, "train": 6, "evaluate": 6, "summary": 1, "tables": 1, "figures": 1}),
+        ("bookkeeping.py", {"all": 1, "train": 6, "evaluate": 6, "summary": 1, "tables": 1, "figures": 1}),
         # Plotting and table code: the tables and figures, nothing else.
         ("report.py", {"all": 1, "tables": 1, "figures": 1}),
         # Figure 2's code: Figure 2 only.
-        ("figures.py", {"all": 1, "figure2": 2}),
+        ("figure2.py", {"all": 1, "figure2": 2}),
         # The evaluation metrics: every evaluation and the aggregates, no training.
         ("metrics.py", {"all": 1, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
     ],

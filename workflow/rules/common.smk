@@ -4,12 +4,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
+# Light modules only (standard library, jsonschema, yaml): this runs whenever Snakemake builds the job graph.
 from dpmedbench.config import canonical, enabled_datasets, validate_config  # noqa: E402
-from dpmedbench.digest import script_digest  # noqa: E402
+from dpmedbench.digest import code_digest, script_digest, script_modules  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
-from dpmedbench.ldp import beta_label  # noqa: E402
+from dpmedbench.names import (  # noqa: E402
+    CELL_DIR,
+    MECHANISMS,
+    PLAN_MODULES,
+    REFERENCE_DIR,
+    SPLITS,
+    beta_label,
+)
+from dpmedbench.settings import SPEED_ONLY  # noqa: E402
 from dpmedbench.weights import RESNET18_URL  # noqa: E402
-from dpmedbench.prepare import SPLITS  # noqa: E402
 
 try:
     validate_config(config)
@@ -30,12 +38,26 @@ PREPARE_CODE = script_digest(SCRIPTS / "prepare.py")
 LDP_CODE = script_digest(SCRIPTS / "ldp.py")
 FIGURE_CODE = script_digest(SCRIPTS / "figure2.py")
 WEIGHTS_CODE = script_digest(SCRIPTS / "weights.py")
-TRAIN_CODE = script_digest(SCRIPTS / "train.py")
-REFERENCE_CODE = script_digest(SCRIPTS / "reference.py")
+# A cell runs the training code and its own mechanism's plan (imported by name), so editing the DP-SGD code
+# reruns the DP-SGD cells only.
+TRAIN_CODE = {
+    m: code_digest(*script_modules(SCRIPTS / "train.py"), PLAN_MODULES[m])
+    for m in MECHANISMS
+}
+REFERENCE_CODE = {
+    m: code_digest(*script_modules(SCRIPTS / "reference.py"), PLAN_MODULES[m])
+    for m in MECHANISMS
+}
 EVALUATE_CODE = script_digest(SCRIPTS / "evaluate.py")
 SUMMARY_CODE = script_digest(SCRIPTS / "summary.py")
 TABLES_CODE = script_digest(SCRIPTS / "tables.py")
 FIGURES_CODE = script_digest(SCRIPTS / "figures.py")
+# Settings that change only speed, memory or where a job runs reach the jobs as resources, not params, so
+# changing them reruns nothing (SPEED_ONLY in dpmedbench/settings.py lists them).
+DEVICE = config["device"]
+EVAL_BATCH = config["model"]["eval_batch"]
+DP_PHYSICAL_BATCH = config["dpsgd"]["max_physical_batch"]
+LDP_CHUNK_IMAGES = config["ldp"]["chunk_images"]
 # Reference models' training seeds: far from the cells' seeds, so no reference starts like a target.
 REFERENCE_SEED_BASE = 1_000_000
 BETA_LABELS = [beta_label(b) for b in config["betas"]]
@@ -101,7 +123,15 @@ def cells():
 
 
 def cell_dir(dataset, mechanism, beta, seed):
-    return f"results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}"
+    return CELL_DIR.format(dataset=dataset, mechanism=mechanism, beta=beta, seed=seed)
+
+
+def train_code(wildcards):
+    return TRAIN_CODE[wildcards.mechanism]
+
+
+def reference_code(wildcards):
+    return REFERENCE_CODE[wildcards.mechanism]
 
 
 def cell_outputs():
@@ -183,7 +213,7 @@ def train_inputs(wildcards):
 def reference_dirs(dataset, mechanism, beta):
     """Output folders of the reference models of one configuration (none unless evaluation.reference_models)."""
     return [
-        f"results/references/{dataset}/{mechanism}/beta{beta}/ref{k}"
+        REFERENCE_DIR.format(dataset=dataset, mechanism=mechanism, beta=beta, ref=k)
         for k in range(config["evaluation"]["reference_models"])
     ]
 
@@ -198,9 +228,20 @@ def reference_settings(wildcards):
     return cell_settings(wildcards, REFERENCE_SEED_BASE + int(wildcards.ref))
 
 
+def _result_keys(section):
+    """A config section without its speed-only keys (SPEED_ONLY)."""
+    speed = {key for sec, key in SPEED_ONLY if sec == section}
+    return {k: v for k, v in config[section].items() if k not in speed}
+
+
 def cell_settings(wildcards, seed):
+    """What decides a cell's result; speed-only settings (SPEED_ONLY) are left out."""
     mechanism = wildcards.mechanism
-    model = {k: v for k, v in config["model"].items() if k != "weights"}
+    model = {k: v for k, v in _result_keys("model").items() if k != "weights"}
+    if (
+        mechanism == "dpsgd"
+    ):  # DP-SGD chunks by dpsgd.max_physical_batch, with no batch statistics
+        model.pop("max_physical_batch", None)
     if mechanism != "none" and float(wildcards.beta) <= 0:
         raise ValueError(f"{mechanism} cells need beta > 0, got {wildcards.beta}")
     cell = {
@@ -208,12 +249,11 @@ def cell_settings(wildcards, seed):
         "mechanism": mechanism,
         "beta": float(wildcards.beta),
         "seed": seed,
-        "device": config["device"],
         **config["datasets"][wildcards.dataset]["train"],
         **model,
     }
     if mechanism == "dpsgd":
-        cell["dpsgd"] = config["dpsgd"]
+        cell["dpsgd"] = _result_keys("dpsgd")
     return canonical(cell)
 
 

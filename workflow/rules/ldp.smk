@@ -13,12 +13,13 @@ rule ldp_copy:
         "logs/ldp/{dataset}/beta{beta}.log",
     conda:
         "../../envs/data.yaml"
+    resources:
+        chunk_images=LDP_CHUNK_IMAGES,
     params:
         beta=lambda wildcards: float(wildcards.beta),
         settings=ldp_settings,
         seed=config["seed"],
         noise_source=config["ldp"]["noise_source"],
-        chunk_images=config["ldp"]["chunk_images"],
         quality_images=config["ldp"]["quality_images"],
         code=LDP_CODE,
     script:

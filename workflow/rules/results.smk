@@ -6,7 +6,7 @@ rule evaluate:
         unpack(evaluate_inputs),
     output:
         report(
-            "results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/evaluation.json",
+            f"{CELL_DIR}/evaluation.json",
             caption="../report/evaluation.rst",
             category="{dataset}",
             subcategory="{mechanism}",
@@ -21,12 +21,12 @@ rule evaluate:
         mem_mb=8000,
         runtime=120,
         gpu=GPU_REQUEST,
+        device=DEVICE,
+        eval_batch=EVAL_BATCH,
     params:
-        device=config["device"],
         bootstrap=config["evaluation"]["bootstrap"],
         references=config["evaluation"]["reference_models"],
         seed=config["seed"],
-        eval_batch=config["model"]["eval_batch"],
         code=EVALUATE_CODE,
     script:
         "../scripts/evaluate.py"
@@ -92,14 +92,14 @@ rule figures:
         summary="results/summary.csv",
         histories=[f"{cell_dir(*c)}/history.csv" for c in cells()],
     output:
-        result_figure("figure3_learning_curves", "figure3"),
-        "results/figures/figure3_learning_curves.pdf",
-        result_figure("figure4_accuracy", "figure4"),
-        "results/figures/figure4_accuracy.pdf",
-        result_figure("privacy_utility", "privacy_utility"),
-        "results/figures/privacy_utility.pdf",
-        result_figure("audit_auc", "audit_auc"),
-        "results/figures/audit_auc.pdf",
+        figure3_png=result_figure("figure3_learning_curves", "figure3"),
+        figure3_pdf="results/figures/figure3_learning_curves.pdf",
+        figure4_png=result_figure("figure4_accuracy", "figure4"),
+        figure4_pdf="results/figures/figure4_accuracy.pdf",
+        privacy_utility_png=result_figure("privacy_utility", "privacy_utility"),
+        privacy_utility_pdf="results/figures/privacy_utility.pdf",
+        audit_png=result_figure("audit_auc", "audit_auc"),
+        audit_pdf="results/figures/audit_auc.pdf",
     log:
         "logs/figures.log",
     conda:

@@ -25,15 +25,15 @@ rule train:
         unpack(train_inputs),
     output:
         history=report(
-            "results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/history.csv",
+            f"{CELL_DIR}/history.csv",
             caption="../report/history.rst",
             category="{dataset}",
             subcategory="{mechanism}",
             labels={"cell": "β {beta}, seed {seed}", "result": "learning curve"},
         ),
-        best="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/best.pt",
-        last="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/last.pt",
-        metrics="results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}/metrics.json",
+        best=f"{CELL_DIR}/best.pt",
+        last=f"{CELL_DIR}/last.pt",
+        metrics=f"{CELL_DIR}/metrics.json",
     log:
         "logs/train/{dataset}/{mechanism}/beta{beta}/seed{seed}.log",
     conda:
@@ -43,9 +43,12 @@ rule train:
         mem_mb=16000,
         runtime=720,
         gpu=GPU_REQUEST,
+        device=DEVICE,
+        eval_batch=EVAL_BATCH,
+        dp_max_physical_batch=DP_PHYSICAL_BATCH,
     params:
         cell=train_settings,
-        code=TRAIN_CODE,
+        code=train_code,
     script:
         "../scripts/train.py"
 
@@ -54,11 +57,11 @@ rule reference:
     input:
         unpack(train_inputs),
     output:
-        best="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/best.pt",
-        members="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/members.npy",
-        history="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/history.csv",
-        last="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/last.pt",
-        metrics="results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}/metrics.json",
+        best=f"{REFERENCE_DIR}/best.pt",
+        members=f"{REFERENCE_DIR}/members.npy",
+        history=f"{REFERENCE_DIR}/history.csv",
+        last=f"{REFERENCE_DIR}/last.pt",
+        metrics=f"{REFERENCE_DIR}/metrics.json",
     log:
         "logs/reference/{dataset}/{mechanism}/beta{beta}/ref{ref}.log",
     conda:
@@ -68,9 +71,12 @@ rule reference:
         mem_mb=16000,
         runtime=720,
         gpu=GPU_REQUEST,
+        device=DEVICE,
+        eval_batch=EVAL_BATCH,
+        dp_max_physical_batch=DP_PHYSICAL_BATCH,
     params:
         cell=reference_settings,
         index=lambda wildcards: int(wildcards.ref),
-        code=REFERENCE_CODE,
+        code=reference_code,
     script:
         "../scripts/reference.py"

@@ -17,10 +17,10 @@ run_logged(
     metrics=inputs.pop("metrics"),
     inputs=inputs,
     out_json=snakemake.output[0],  # noqa: F821
-    device=snakemake.params.device,  # noqa: F821
+    device=snakemake.resources.device,  # noqa: F821  (where it runs: a resource, not a param)
     bootstrap=snakemake.params.bootstrap,  # noqa: F821
     seed=snakemake.params.seed,  # noqa: F821
-    eval_batch=snakemake.params.eval_batch,  # noqa: F821
+    eval_batch=snakemake.resources.eval_batch,  # noqa: F821  (speed only: a resource, not a param)
     threads=snakemake.threads,  # noqa: F821
     references=references,
 )

@@ -1,11 +1,11 @@
-"""Snakemake adapter: the paper's Figure 2 for one dataset (dpmedbench.figures.figure2)."""
+"""Snakemake adapter: the paper's Figure 2 for one dataset (dpmedbench.figure2.figure2)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.figures import figure2
+from dpmedbench.figure2 import figure2
 from dpmedbench.logs import run_logged
 
 run_logged(

@@ -14,6 +14,6 @@ run_logged(
     summary_csv=snakemake.input.summary,  # noqa: F821
     histories=list(snakemake.input.histories),  # noqa: F821
     cells=snakemake.params.cells,  # noqa: F821
-    outputs=list(snakemake.output),  # noqa: F821
+    outputs=dict(snakemake.output.items()),  # noqa: F821
     dpi=snakemake.params.dpi,  # noqa: F821
 )

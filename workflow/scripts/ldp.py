@@ -17,7 +17,7 @@ run_logged(
     clip=snakemake.params.settings["clip"],  # noqa: F821
     seed=snakemake.params.seed,  # noqa: F821
     noise_source=snakemake.params.noise_source,  # noqa: F821
-    chunk_images=snakemake.params.chunk_images,  # noqa: F821
+    chunk_images=snakemake.resources.chunk_images,  # noqa: F821  (speed only: a resource, not a param)
     quality_images=snakemake.params.quality_images,  # noqa: F821
     inputs={"train": snakemake.input.train, "val": snakemake.input.val},  # noqa: F821
     outputs={"train": snakemake.output.train, "val": snakemake.output.val},  # noqa: F821

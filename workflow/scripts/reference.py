@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dpmedbench.logs import run_logged
+from dpmedbench.settings import execution_settings
 from dpmedbench.train import run_reference
 
 run_logged(
@@ -17,4 +18,5 @@ run_logged(
     out_dir=Path(snakemake.output.best).parent,  # noqa: F821
     index=snakemake.params.index,  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
+    execution=execution_settings(snakemake.resources),  # noqa: F821
 )

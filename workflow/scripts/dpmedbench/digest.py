@@ -45,10 +45,12 @@ def module_closure(*modules: str) -> list[str]:
     before any of them).
 
     >>> closure = module_closure("train")
-    >>> {"train", "dpsgd", "models", "download", "fileio", "errors", "__init__"} <= set(closure)
+    >>> {"train", "plans", "loop", "models", "download", "fileio", "errors", "__init__"} <= set(closure)
     True
-    >>> "report" in closure
-    False
+    >>> "report" in closure, "dpsgd" in closure  # plans are imported by name (names.PLAN_MODULES)
+    (False, False)
+    >>> "dpsgd" in module_closure("dpplan")
+    True
     """
     seen: set[str] = set()
     todo = ["__init__", *modules]

@@ -7,17 +7,8 @@ Per-example gradient modes (``grad_sample_mode``):
   fastest of them on the 2-core CPU machines at 224 px, batch 32: 1.85-2.0x a non-private step.
 * ``vmap``: ``torch.func.vmap(grad(...))`` over the batch, written into ``p.grad_sample`` for Opacus's optimizer
   (as Opacus's own ``no_op`` mode expects): 2.04x there, and the most memory.
-* ``bk`` (default): book-keeping clipping with mixed ghost norms (Bu et al. 2022, 2023), written here; about 1.2x
-  a non-private step there, with a third of ``ew``'s extra memory. One backward pass
-  computes only input gradients and records each layer's input and output gradient. Per-example gradient
-  norms come from them layer by layer, with each convolution taking the cheaper of two routes: the per-example
-  gradient itself (early layers: many positions, few weights; on the CPU one ``conv2d_weight`` per example,
-  since unfolding the input costs more than the product) or the ghost norm, ||G_i U_i^T||^2 =
-  <U_i^T U_i, G_i^T G_i> (late layers: few positions, many weights). The clipped sum sum_i c_i g_i is then the
-  clip-weighted sum of the per-example gradients, or, for ghost-norm layers, one ordinary weight-gradient
-  computation with each example's output gradient scaled by its clip factor c_i. Per-example gradients are held
-  only for the early layers, where they are small, and the backward pass stops at the first layer's output
-  instead of differentiating the images.
+* ``bk`` (default): book-keeping clipping with mixed ghost norms (:mod:`dpmedbench.bookkeeping`); about 1.2x a
+  non-private step there (1.8x on an H100), with a third of ``ew``'s extra memory.
 
 Whatever the mode, noise and accounting are Opacus's: :class:`opacus.optimizers.DPOptimizer` clips each
 example's gradient to ``max_grad_norm`` (``bk``: :class:`BookKeepingDPOptimizer` takes the clipped sums the
@@ -27,8 +18,7 @@ noise and divides by the expected batch size; RDP and PRV accountants track the 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -40,11 +30,14 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from .bookkeeping import BookKeeping, BookKeepingDPOptimizer
+
 GradSampleMode = Literal["vmap", "hooks", "ew", "functorch", "bk"]
 GRAD_SAMPLE_MODES = ("vmap", "hooks", "ew", "functorch", "bk")
 ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
-#: (model, inputs, labels) -> (per-example losses, logits); sets ``p.grad_sample`` on every trainable parameter.
+#: (inputs, labels) -> (per-example losses, logits); sets ``p.grad_sample`` (``bk``: ``p.clipped_sum``) on every
+#: trainable parameter.
 GradSampler = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -112,217 +105,44 @@ def empty_grad_samples(model: nn.Module) -> None:
             p.clipped_sum = torch.zeros_like(p)
 
 
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    """Full float32 for CUDA matrix products and cuDNN convolutions (restored after). PyTorch lets cuDNN use
-    TF32 by default, which keeps 10 mantissa bits: norms and clipped sums computed that way can exceed the
-    clipping bound the accountant assumes by about 0.1 %."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+def noisy_step(
+    optimizer: DPOptimizer,
+    sampler: GradSampler,
+    model: nn.Module,
+    chunks: Sequence[torch.Tensor],
+    fetch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One DP-SGD step on a logical batch given as physical ``chunks`` of indices (``fetch(indices)`` -> inputs,
+    labels): per-example gradients chunk by chunk, every chunk but the last a skipped step that only accumulates,
+    then one noisy update. An empty chunk (an empty Poisson batch) still gets its noise. As after a plain
+    ``optimizer.step()``, the update's (noisy, averaged) gradient stays in ``p.grad`` until the next step; the
+    per-example state is released. Returns (losses, logits, labels) of every non-empty chunk.
 
-
-class BookKeeping:
-    """The ``bk`` sampler: called with a batch, it leaves ``p.clipped_sum`` = sum_i min(1, C / (||g_i|| + 1e-6))
-    g_i on every trainable parameter and returns (per-example losses, logits).
-
-    Supports the layers of a DP ResNet: ``Conv2d``, ``Linear`` and ``GroupNorm`` with trainable parameters
-    (``FrozenBatchNorm2d`` has none). A model with any other trainable layer is refused.
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> _, sample = make_grad_sampler(model, "bk", max_grad_norm=1.0)
+    >>> opt = make_optimizer(model, lr=0.1, momentum=0, weight_decay=0, noise_multiplier=0.0, max_grad_norm=1.0,
+    ...                      expected_batch_size=3, generator=torch.Generator().manual_seed(0))
+    >>> x, y = torch.randn(3, 4), torch.tensor([0, 1, 0])
+    >>> out = noisy_step(opt, sample, model, torch.arange(3).split(2), lambda i: (x[i], y[i]))
+    >>> [len(losses) for losses, _, _ in out], model[1].weight.grad.shape
+    ([2, 1], torch.Size([2, 4]))
     """
-
-    def __init__(self, model: nn.Module, *, max_grad_norm: float) -> None:
-        self.model = model
-        self.max_grad_norm = float(max_grad_norm)
-        self.layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
-        for m in self.layers:
-            if not isinstance(m, nn.Conv2d | nn.Linear | nn.GroupNorm):
-                raise ValueError(f"grad_sample_mode 'bk' does not support trainable {type(m).__name__} layers")
-            if isinstance(m, nn.Conv2d) and (isinstance(m.padding, str) or m.padding_mode != "zeros"):
-                raise ValueError(
-                    f"grad_sample_mode 'bk' supports convolutions with numeric zero padding only, not "
-                    f"padding={m.padding!r}, padding_mode={m.padding_mode!r}: use 'ew' or 'hooks'"
-                )
-        self._records: list[list] = []
-        self._active = False  # record only during this sampler's own forward pass, not during evaluation
-        for m in self.layers:
-            m.register_forward_hook(self._record)
-
-    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
-        if not self._active:
-            return None
-        if not output.requires_grad:
-            # The first layer: nothing before it needs a gradient, so the backward pass stops at its output
-            # instead of differentiating the input images.
-            output = output.detach().requires_grad_(True)
-        record = [module, inputs[0].detach(), None]
-        self._records.append(record)
-        output.register_hook(lambda grad: record.__setitem__(2, grad.detach()))
-        return output
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = [p for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
-        self._records = []
-        self._active = True
-        try:
-            for p in params:  # input gradients only: the weight gradients come clipped, below
-                p.requires_grad_(False)
-            logits = self.model(x.detach())
-            losses = F.cross_entropy(logits, y, reduction="none")
-            losses.sum().backward()
-        finally:
-            self._active = False
-            for p in params:
-                p.requires_grad_(True)
-        with _no_tf32():
-            norms2 = torch.zeros(len(x), dtype=logits.dtype, device=logits.device)
-            pieces = []
-            for module, a, g in self._records:
-                if g is None:
-                    raise RuntimeError(f"no output gradient reached {module}: is it used in the forward pass?")
-                piece, n2 = _norms(module, a, g)
-                norms2 += n2
-                pieces.append((module, a, g, piece))
-            clip = (self.max_grad_norm / (norms2.sqrt() + 1e-6)).clamp(max=1.0)
-            for module, a, g, piece in pieces:
-                for p, grad in zip(
-                    (q for q in (module.weight, module.bias) if q is not None and q.requires_grad),
-                    _clipped_sums(module, a, g, piece, clip),
-                    strict=True,
-                ):
-                    p.clipped_sum = grad if getattr(p, "clipped_sum", None) is None else p.clipped_sum + grad
-        self._records = []
-        return losses.detach(), logits.detach()
-
-
-def _conv_uses_ghost(module: nn.Conv2d, positions: int) -> bool:
-    """Ghost norm costs T^2 (d + p) per example, the per-example gradient T d p and B p d numbers held until the
-    clip factors are known: take the ghost norm where T (d + p) < d p (ResNet-18 at 224 px: layer3 and layer4).
-    At the boundary (layer3) both routes take the same time on the CPU; the ghost norm holds less."""
-    d = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-    p = module.out_channels
-    return positions * (d + p) < d * p
-
-
-def _unfold(a: torch.Tensor, module: nn.Conv2d, *, strided: bool | None = None) -> torch.Tensor:
-    """``F.unfold(a, ...)`` with the convolution's geometry: (B, C k_h k_w, T).
-
-    ``strided`` (default: off the CPU): one copy of a strided view of the padded input instead. F.unfold
-    launches one im2col kernel per example on CUDA (ResNet-18, batch 128 on an H100: 7,680 launches and 27 % of
-    a ``bk`` step); on the CPU F.unfold is the faster of the two (2.6x on the stem). Both give the same numbers.
-    """
-    if not (a.device.type != "cpu" if strided is None else strided):
-        return F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # type: ignore[arg-type]
-    (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride
-    ph, pw = module.padding  # type: ignore[misc]  # string paddings are refused by BookKeeping
-    if ph or pw:
-        a = F.pad(a, (pw, pw, ph, ph))
-    b, c, h, w = a.shape
-    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
-    sb, sc, sy, sx = a.stride()
-    windows = a.as_strided((b, c, kh, kw, ho, wo), (sb, sc, sy * dh, sx * dw, sy * sh, sx * sw))
-    return windows.reshape(b, c * kh * kw, ho * wo)
-
-
-def _per_example_conv_grads(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, *, batched: bool) -> torch.Tensor:
-    """Per-example weight gradients (B, p, d) of an ungrouped convolution with input ``a`` and output gradient
-    ``g``. ``batched``: one ``bmm`` over the unfolded input (one kernel, but the unfolded copy is d/C_in times
-    the input); otherwise one ``conv2d_weight`` per example, which on the CPU is 2-3x faster for the early
-    layers because it never materialises the unfolded input."""
-    if batched:
-        return torch.bmm(g.flatten(2), _unfold(a, module).transpose(1, 2))
-    grads = [
-        torch.nn.grad.conv2d_weight(
-            a[i : i + 1], module.weight.shape, g[i : i + 1], module.stride, module.padding, module.dilation
-        )
-        for i in range(len(a))
-    ]
-    return torch.stack(grads).flatten(2)
-
-
-def _norms(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[object, torch.Tensor]:
-    """Per-example squared gradient norms of one layer's parameters, and what the clipped sum can reuse."""
-    if isinstance(module, nn.Linear):
-        if a.dim() != 2:
-            raise ValueError("grad_sample_mode 'bk' supports Linear layers on (batch, features) inputs only")
-        n2 = (a**2).sum(1) * (g**2).sum(1)
-        if module.bias is not None:
-            n2 = n2 + (g**2).sum(1)
-        return None, n2
-    if isinstance(module, nn.GroupNorm):
-        normalized = F.group_norm(a, module.num_groups, eps=module.eps)
-        gw = (g * normalized).flatten(2).sum(2)
-        gb = g.flatten(2).sum(2)
-        return (gw, gb), (gw**2).sum(1) + (gb**2).sum(1)
-    if module.groups != 1:
-        raise ValueError("grad_sample_mode 'bk' supports ungrouped convolutions only")
-    gm = g.flatten(2)  # (B, p, T)
-    if _conv_uses_ghost(module, gm.shape[2]):
-        u = _unfold(a, module)  # (B, d, T)
-        n2 = (torch.bmm(u.transpose(1, 2), u) * torch.bmm(gm.transpose(1, 2), gm)).sum((1, 2))
-        piece = None
-    else:
-        piece = _per_example_conv_grads(module, a, g, batched=a.device.type != "cpu")
-        n2 = (piece**2).sum((1, 2))
-    if module.bias is not None:
-        n2 = n2 + (gm.sum(2) ** 2).sum(1)
-    return piece, n2
-
-
-def _clipped_sums(module: nn.Module, a: torch.Tensor, g: torch.Tensor, piece: object, clip: torch.Tensor) -> list:
-    """sum_i clip_i g_i for the layer's weight (and bias), in parameter order."""
-    b = len(a)
-    if isinstance(module, nn.Linear):
-        gc = g * clip[:, None]
-        out = [gc.t() @ a]
-        return out + ([gc.sum(0)] if module.bias is not None else [])
-    if isinstance(module, nn.GroupNorm):
-        gw, gb = piece
-        return [clip @ gw, clip @ gb]
-    if piece is not None:
-        weight = torch.einsum("b,bpd->pd", clip, piece).reshape(module.weight.shape)
-    else:
-        weight = torch.nn.grad.conv2d_weight(
-            a, module.weight.shape, g * clip.view(b, 1, 1, 1), module.stride, module.padding, module.dilation
-        )
-    return [weight] + ([(g.flatten(2).sum(2) * clip[:, None]).sum(0)] if module.bias is not None else [])
-
-
-class BookKeepingDPOptimizer(DPOptimizer):
-    """Opacus's DPOptimizer fed with the clipped sums of :class:`BookKeeping` instead of per-example gradients:
-    the same accumulation over skipped (physical) steps, noise, scaling and hooks."""
-
-    @property
-    def accumulated_iterations(self) -> int:
-        """One sampler call per optimizer step (physical batches are separate, skipped steps), as in train.py."""
-        return 1
-
-    def clip_and_accumulate(self) -> None:
-        for p in self.params:
-            grad = p.clipped_sum
-            if grad is None:
-                raise RuntimeError("no clipped gradient: call the 'bk' sampler (or empty_grad_samples) first")
-            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
-            p.clipped_sum = None
-
-    def pre_step(self, closure=None) -> bool:
-        self.clip_and_accumulate()
-        if self._check_skip_next_step():
-            self._is_last_step_skipped = True
-            return False
-        self.add_noise()
-        self.scale_grad()
-        if self.step_hook:
-            self.step_hook(self)
-        self._is_last_step_skipped = False
-        return True
-
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        super().zero_grad(set_to_none)
-        for p in self.params:
-            p.clipped_sum = None
+    out = []
+    for i, chunk in enumerate(chunks):
+        optimizer.zero_grad(set_to_none=True)  # after a skipped step Opacus keeps the accumulated sum
+        if len(chunk):
+            x, y = fetch(chunk)
+            losses, logits = sampler(x, y)
+            out.append((losses, logits, y))
+        else:
+            empty_grad_samples(model)
+        if i < len(chunks) - 1:
+            optimizer.signal_skip_step(do_skip=True)
+        optimizer.step()
+    for p in optimizer.params:
+        p.grad_sample = None
+    return out
 
 
 def make_optimizer(

@@ -29,3 +29,7 @@ class ChecksumError(DownloadError):
 
 class CredentialsError(DownloadError):
     """Credentials are missing, invalid, or lack permission (e.g. unaccepted competition rules)."""
+
+
+class TrainingError(DPMedBenchError):
+    """The data or the settings of a cell cannot be trained on (or evaluated)."""

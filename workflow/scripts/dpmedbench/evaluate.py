@@ -6,34 +6,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .audit import lira_attack, loss_attack
 from .fileio import atomic_outputs
 from .ldp import noisy_batch, storage_of, store
 from .metrics import classification_report
 from .models import build_resnet18
-from .train import Preprocess, Split, cpu_threads, derive_seed, load_split, pick_device
+from .runtime import cpu_threads, derive_seed, pick_device
+from .tensors import Preprocess, Split, infer, load_split
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, prep: Preprocess, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """(class probabilities (N, K), per-image cross-entropy (N,)) of ``model`` in eval mode."""
-    model.eval()
-    probas, losses = [], []
-    for idx in torch.arange(len(split), device=split.labels.device).split(batch):
-        logits = model(prep(split.images[idx], train=False))
-        probas.append(torch.softmax(logits, 1).cpu())
-        losses.append(F.cross_entropy(logits, split.labels[idx], reduction="none").cpu())
-    return torch.cat(probas).double().numpy(), torch.cat(losses).double().numpy()
+    result = infer(model, split, prep, batch)
+    return result.probabilities, result.losses
 
 
 def _noised_like_copy(split: Split, privacy: Mapping[str, Any], *, dataset: str, seed: int) -> Split:
@@ -67,6 +61,9 @@ def _load_model(best: str | os.PathLike[str], dev: torch.device) -> tuple[torch.
     return model, prep, checkpoint["epoch"]
 
 
+Losses = Callable[[Split], np.ndarray]  # a model's per-image losses on a split
+
+
 def evaluate_cell(
     *,
     best: str | os.PathLike[str],
@@ -86,10 +83,9 @@ def evaluate_cell(
     calibrated attack (offline LiRA)."""
     torch.set_num_threads(cpu_threads(threads))
     dev = pick_device(device)
-    cell = json.loads(Path(metrics).read_text())
+    cell = json.loads(Path(metrics).read_text())["cell"]
     model, prep, best_epoch = _load_model(best, dev)
-    kappa = cell["cell"]["dataset"] == "aptos"
-    ldp = cell["cell"]["mechanism"] == "ldp"
+    kappa = cell["dataset"] == "aptos"
 
     def split(key: str) -> Split:
         return load_split(key, inputs[f"{key}"], inputs[f"{key}_csv"], dev)
@@ -97,62 +93,28 @@ def evaluate_cell(
     test = split("test")
     test_proba, test_loss = predict(model, test, prep, eval_batch)
     result: dict[str, Any] = {
-        "cell": cell["cell"],
+        "cell": cell,
         "best_epoch": best_epoch,
         "test": classification_report(
             test.labels.cpu().numpy(), test_proba, kappa=kappa, bootstrap=bootstrap, seed=derive_seed(seed, "bootstrap")
         ),
     }
-    for key in ("val_noisy", "val_clean") if ldp else ():
+    for key in ("val_noisy", "val_clean") if cell["mechanism"] == "ldp" else ():
         s = split(key)
-        proba, _ = predict(model, s, prep, eval_batch)
-        result[key] = classification_report(s.labels.cpu().numpy(), proba, kappa=kappa, bootstrap=0)
-
-    train_clean = split("train_clean")
-    _, clean_losses = predict(model, train_clean, prep, eval_batch)
-    audit_seed = derive_seed(seed, "audit")
-    audits = {}
-    if ldp:
-        privacy = json.loads(Path(inputs["privacy"]).read_text())
-        seen = split("train_seen")
-        _, seen_losses = predict(model, seen, prep, eval_batch)
-        noised_test = _noised_like_copy(test, privacy, dataset=cell["cell"]["dataset"], seed=derive_seed(seed, "nm"))
-        _, noised_losses = predict(model, noised_test, prep, eval_batch)
-        audits["noisy_members"] = {
-            **loss_attack(seen_losses, noised_losses, seed=audit_seed),
-            "members": "the noisy training images the model saw",
-            "nonmembers": "test images noised the same way",
-        }
-        audits["clean_members"] = {
-            **loss_attack(clean_losses, test_loss, seed=audit_seed),
-            "members": "the clean originals of the training images",
-            "nonmembers": "clean test images",
-        }
-        headline, sides = "noisy_members", (seen, seen_losses, noised_test, noised_losses)
-    else:
-        audits["members"] = {
-            **loss_attack(clean_losses, test_loss, seed=audit_seed),
-            "members": "the training images",
-            "nonmembers": "test images (held out, same distribution)",
-        }
-        headline, sides = "members", (train_clean, clean_losses, test, test_loss)
+        result[key] = classification_report(
+            s.labels.cpu().numpy(), predict(model, s, prep, eval_batch)[0], kappa=kappa, bootstrap=0
+        )
+    audits, headline, (members, nonmembers) = _loss_audits(
+        lambda s: predict(model, s, prep, eval_batch)[1],
+        split,
+        test=(test, test_loss),
+        cell=cell,
+        inputs=inputs,
+        seed=seed,
+    )
     if references:  # the headline audit's images, with the calibrated attack
-        member_split, member_losses, nonmember_split, nonmember_losses = sides
-        ref_member, ref_nonmember, ref_in = [], [], []
-        for ref_best, ref_members in references:
-            ref_model, ref_prep, _ = _load_model(ref_best, dev)
-            ref_member.append(predict(ref_model, member_split, ref_prep, eval_batch)[1])
-            ref_nonmember.append(predict(ref_model, nonmember_split, ref_prep, eval_batch)[1])
-            ref_in.append(np.load(ref_members))
-        ins = np.stack(ref_in)
-        if ins.shape[1] != len(member_losses):
-            raise ValueError(f"{references[0][1]}: {ins.shape[1]} images, the training split has {len(member_losses)}")
         audits["lira"] = {
-            **lira_attack(
-                (member_losses, np.stack(ref_member), ~ins),
-                (nonmember_losses, np.stack(ref_nonmember), np.ones((len(references), len(nonmember_losses)), bool)),
-                seed=audit_seed,
-            ),
+            **_lira(references, members, nonmembers, dev=dev, eval_batch=eval_batch, seed=derive_seed(seed, "audit")),
             "members": audits[headline]["members"],
             "nonmembers": audits[headline]["nonmembers"],
         }
@@ -161,8 +123,77 @@ def evaluate_cell(
     with atomic_outputs(out_json) as (tmp,):
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     log.info(
-        "test %s; audit %s",
-        {k: result["test"][k] for k in ("accuracy", "auroc")},
-        {k: v["auc"] for k, v in audits.items()},
+        "test accuracy %.4f, AUROC %s; membership-inference attack AUC (0.5 = chance): %s",
+        result["test"]["accuracy"],
+        result["test"]["auroc"],
+        ", ".join(f"{k} {v['auc']:.3f}" for k, v in audits.items()),
     )
     return result
+
+
+def _loss_audits(
+    losses: Losses,
+    split: Callable[[str], Split],
+    *,
+    test: tuple[Split, np.ndarray],
+    cell: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    seed: int,
+) -> tuple[dict[str, Any], str, tuple[tuple[Split, np.ndarray], tuple[Split, np.ndarray]]]:
+    """The loss-threshold audits of a cell, the name of the headline one, and its (split, losses) members and
+    non-members. Local-DP cells: the noisy images seen against test images noised alike (headline), and the
+    clean originals against clean test images. Others: the training images against test images. ``test``: the
+    test split and the model's losses on it."""
+    audit_seed = derive_seed(seed, "audit")
+    (test, test_loss), train_clean = test, split("train_clean")
+    clean_losses = losses(train_clean)
+    if cell["mechanism"] != "ldp":
+        audit = loss_attack(clean_losses, test_loss, seed=audit_seed)
+        sides = (train_clean, clean_losses), (test, test_loss)
+        return {"members": {**audit, **AUDIT_SIDES["members"]}}, "members", sides
+    privacy = json.loads(Path(inputs["privacy"]).read_text())
+    seen = split("train_seen")
+    noised = _noised_like_copy(test, privacy, dataset=cell["dataset"], seed=derive_seed(seed, "nm"))
+    seen_losses, noised_losses = losses(seen), losses(noised)
+    audits = {
+        "noisy_members": {**loss_attack(seen_losses, noised_losses, seed=audit_seed), **AUDIT_SIDES["noisy_members"]},
+        "clean_members": {**loss_attack(clean_losses, test_loss, seed=audit_seed), **AUDIT_SIDES["clean_members"]},
+    }
+    return audits, "noisy_members", ((seen, seen_losses), (noised, noised_losses))
+
+
+AUDIT_SIDES = {
+    "members": {"members": "the training images", "nonmembers": "test images (held out, same distribution)"},
+    "noisy_members": {
+        "members": "the noisy training images the model saw",
+        "nonmembers": "test images noised the same way",
+    },
+    "clean_members": {"members": "the clean originals of the training images", "nonmembers": "clean test images"},
+}
+
+
+def _lira(
+    references: Sequence[tuple[str, str]],
+    members: tuple[Split, np.ndarray],
+    nonmembers: tuple[Split, np.ndarray],
+    *,
+    dev: torch.device,
+    eval_batch: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Offline LiRA on the headline audit's images: each reference model's losses, and which images it saw."""
+    (member_split, member_losses), (nonmember_split, nonmember_losses) = members, nonmembers
+    ref_member, ref_nonmember, ref_in = [], [], []
+    for ref_best, ref_members in references:
+        ref_model, ref_prep, _ = _load_model(ref_best, dev)
+        ref_member.append(predict(ref_model, member_split, ref_prep, eval_batch)[1])
+        ref_nonmember.append(predict(ref_model, nonmember_split, ref_prep, eval_batch)[1])
+        ref_in.append(np.load(ref_members))
+    ins = np.stack(ref_in)
+    if ins.shape[1] != len(member_losses):
+        raise ValueError(f"{references[0][1]}: {ins.shape[1]} images, the training split has {len(member_losses)}")
+    return lira_attack(
+        (member_losses, np.stack(ref_member), ~ins),
+        (nonmember_losses, np.stack(ref_nonmember), np.ones((len(references), len(nonmember_losses)), bool)),
+        seed=seed,
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import numpy as np
 
 from . import __version__
 from .fileio import atomic_outputs
+from .names import beta_label as beta_label  # re-exported: paths use it beside the copies
+from .privacy import PrivacyRecord
 from .quality import psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class Mechanism:
     #: perturb(values, generators, beta): add the noise to a float32 (N, H, W, C) batch of [0, 1] values, in
     #: place, with ``generators[i]`` for image i.
     perturb: Callable[[np.ndarray, list[np.random.Generator], float], None]
-    privacy: Callable[[float, int], dict[str, Any]]
+    #: privacy(beta, values_per_image): the guarantee of one noisy image.
+    privacy: Callable[[float, int], PrivacyRecord]
     description: str
 
 
@@ -112,17 +114,26 @@ def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: floa
         values[i] += laplace_from_bits(random_words(g, per_image), beta).reshape(values.shape[1:])
 
 
-def _pixel_privacy(beta: float, values_per_image: int) -> dict[str, Any]:
-    return {
-        "formal_guarantee": True,
-        "epsilon_per_value": 1.0 / beta,
-        "epsilon_per_image": values_per_image / beta,
-        "delta": 0.0,
-        "sensitivity": 1.0,
-        "accountant": "Laplace mechanism, pure epsilon-DP (Dwork et al. 2006): epsilon = sensitivity / beta. "
-        "Per value: each [0, 1] pixel value changes by at most 1. Per image: L1 sensitivity d = H*W*C values, "
-        "epsilon = d / beta. Clipping, rounding and storage are post-processing and change neither.",
-    }
+LOCAL_SCOPE = "local: each noisy image is released on its own; whatever is computed from it is post-processing"
+
+
+def _pixel_privacy(beta: float, values_per_image: int) -> PrivacyRecord:
+    return PrivacyRecord(
+        mechanism="laplace_pixel",
+        epsilon=1.0 / beta,
+        delta=0.0,
+        accountant="Laplace mechanism, per pixel value",
+        formal_guarantee=True,
+        scope=LOCAL_SCOPE,
+        details={
+            "epsilon_per_value": 1.0 / beta,
+            "epsilon_per_image": values_per_image / beta,
+            "sensitivity": 1.0,
+            "derivation": "Laplace mechanism, pure epsilon-DP (Dwork et al. 2006): epsilon = sensitivity / beta. "
+            "Per value: each [0, 1] pixel value changes by at most 1. Per image: L1 sensitivity d = H*W*C values, "
+            "epsilon = d / beta. Clipping, rounding and storage are post-processing and change neither.",
+        },
+    )
 
 
 def _shift_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float) -> None:
@@ -131,20 +142,19 @@ def _shift_noise(values: np.ndarray, gens: list[np.random.Generator], beta: floa
     # Saturation to [0, 1], as the authors' 8-bit JPEG write did, happens in storage: always uint8 (storage_of).
 
 
-def _shift_privacy(beta: float, values_per_image: int) -> dict[str, Any]:
-    return {
-        "formal_guarantee": False,
-        "epsilon_per_value": None,
-        "epsilon_per_image": None,
-        "delta": None,
-        "sensitivity": None,
-        "accountant": None,
-        "epsilon_reason": "No epsilon is derived: one Laplace draw per image is added to every pixel (a "
+def _shift_privacy(beta: float, values_per_image: int) -> PrivacyRecord:
+    return PrivacyRecord(
+        mechanism="laplace_image_shift",
+        epsilon=None,
+        formal_guarantee=False,
+        scope=LOCAL_SCOPE,
+        details={"epsilon_per_value": None, "epsilon_per_image": None, "sensitivity": None},
+        epsilon_reason="No epsilon is derived: one Laplace draw per image is added to every pixel (a "
         "brightness shift, then saturated to [0, 1]). Two images that differ in a single pixel keep that "
         "difference exactly in every output, so no finite epsilon bounds the mechanism. This reproduces the "
         "authors' Adding_Noise.ipynb (b = 255/epsilon on 0-255 pixels, i.e. scale beta on [0, 1]); the "
         "epsilon they assigned (1/beta) is not a guarantee of this mechanism.",
-    }
+    )
 
 
 register(Mechanism("laplace_pixel", _pixel_noise, _pixel_privacy, "Laplace noise of scale beta per [0,1] value"))
@@ -266,48 +276,29 @@ def materialise_copy(
                 raise ValueError(
                     f"{inputs[split]}: expected a uint8 (N, H, W, C) array, got {clean.dtype} {clean.shape}"
                 )
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=clean.shape)
-            stats = _Stats(quality_indices(len(clean), quality_images))
-            buffer = np.empty((min(chunk_images, len(clean)), *clean.shape[1:]), dtype=np.float32)  # reused
-            for start in range(0, len(clean), chunk_images):
-                batch = np.asarray(clean[start : start + chunk_images])
-                work = buffer[: len(batch)]
-                _perturb_into(
-                    work,
-                    batch,
-                    mechanism=mechanism,
-                    beta=beta,
-                    seed=seed,
-                    dataset=dataset,
-                    split=split,
-                    start=start,
-                    noise_source=noise_source,
-                )
-                stats.count_saturated(work)
-                store(work, out[start : start + len(batch)])
-                stats.add_quality(start, batch, out[start : start + len(batch)])
-            out.flush()
-            del out
-            record[split] = stats.summary()
+            noise = {"mechanism": mechanism, "beta": beta, "seed": seed, "dataset": dataset, "split": split}
+            record[split] = _copy_split(
+                clean,
+                tmp,
+                storage=storage,
+                chunk=chunk_images,
+                quality=quality_images,
+                noise_source=noise_source,
+                **noise,
+            )
             values = int(np.prod(clean.shape[1:]))
             log.info("%s beta=%g %s: %d images, %s", dataset, beta, split, len(clean), record[split])
         privacy = {
             "dataset": dataset,
             "beta": beta,
-            "mechanism": mechanism,
             "description": MECHANISMS[mechanism].description,
-            **MECHANISMS[mechanism].privacy(beta, values),
+            **MECHANISMS[mechanism].privacy(beta, values).to_json(),
             "values_per_image": values,
             "storage": storage,
             "clipped": storage == "uint8",
             "noised_splits": splits,
             "clean_splits": ["test"],
-            "seed_policy": (
-                f"seeded: numpy SeedSequence({seed}, spawn_key=(dataset, beta, split, image index)) -> PCG64 per "
-                "image; a rerun rebuilds identical bytes"
-                if noise_source == "seeded"
-                else "os: fresh operating-system entropy per image; not reproducible"
-            ),
+            "seed_policy": _seed_policy(seed, noise_source),
             "seed": seed if noise_source == "seeded" else None,
             "splits": record,
             "quality_note": "PSNR and SSIM compare a clean image with its noisy copy as a viewer sees it "
@@ -317,6 +308,34 @@ def materialise_copy(
         }
         tmps[-1].write_text(json.dumps(privacy, indent=2) + "\n")
     return privacy
+
+
+def _seed_policy(seed: int, noise_source: NoiseSource) -> str:
+    if noise_source == "seeded":
+        return (
+            f"seeded: numpy SeedSequence({seed}, spawn_key=(dataset, beta, split, image index)) -> PCG64 per "
+            "image; a rerun rebuilds identical bytes"
+        )
+    return "os: fresh operating-system entropy per image; not reproducible"
+
+
+def _copy_split(
+    clean: np.ndarray, tmp: Path, *, storage: str, chunk: int, quality: int, **noise: Any
+) -> dict[str, float | int]:
+    """Write the noisy copy of one split to ``tmp``, ``chunk`` images at a time; its saturation and quality."""
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=clean.shape)
+    stats = _Stats(quality_indices(len(clean), quality))
+    buffer = np.empty((min(chunk, len(clean)), *clean.shape[1:]), dtype=np.float32)  # reused
+    for start in range(0, len(clean), chunk):
+        batch = np.asarray(clean[start : start + chunk])
+        work = buffer[: len(batch)]
+        _perturb_into(work, batch, start=start, **noise)
+        stats.count_saturated(work)
+        store(work, out[start : start + len(batch)])
+        stats.add_quality(start, batch, out[start : start + len(batch)])
+    out.flush()
+    del out
+    return stats.summary()
 
 
 def quality_indices(n: int, sample: int) -> np.ndarray:
@@ -360,10 +379,3 @@ class _Stats:
             "ssim_mean": round(float(np.mean(self.ssim)), 4),
             "saturated_fraction": round(self.saturated / self.values, 4),
         }
-
-
-def beta_label(beta: float) -> str:
-    """How a beta appears in paths: ``1`` for 1.0, ``0.5`` for 0.5 (``f"{beta:g}"``)."""
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
-    return f"{beta:g}"

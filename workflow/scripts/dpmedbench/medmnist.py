@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import LayoutError
+from .names import SPLITS
 
 _ZENODO = "https://zenodo.org/records/10519652/files"
 
@@ -51,8 +52,6 @@ MEDMNIST = {
         },
     ),
 }
-
-SPLITS = ("train", "val", "test")
 
 
 def load_npz(path: str, n_classes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

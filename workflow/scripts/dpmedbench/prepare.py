@@ -34,11 +34,11 @@ from .fileio import atomic_outputs
 from .imaging import ResizeMode, decode_resized, resize_loaded
 from .layouts import READERS, Inventory, Record
 from .medmnist import MEDMNIST, load_npz
+from .names import SPLITS
 from .splits import stratified_group_holdout, stratified_holdout
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 CHANNELS = {"chest_xray": 1, "aptos": 3}
 MANIFEST_COLUMNS = ("index", "source", "label", "class_name", "group", "origin")
 
@@ -229,38 +229,21 @@ def prepare_dataset(
         if is_medmnist(source):
             info = _prepare_medmnist(dataset, source, tmp, image_size=image_size, channels=channels, mode=resize_mode)
         else:
-            archive = Archive(source["path"])
-            with archive:
-                inventory = READERS[dataset](archive)
-                for note in inventory.notes:
-                    log.info("%s: %s", dataset, note)
-                splits = assign_splits(
-                    dataset,
-                    inventory,
-                    seed=seed,
-                    val_fraction=val_fraction,
-                    test_fraction=test_fraction,
-                    official_val=official_val,
-                )
-                for split in SPLITS:
-                    records = sorted(splits[split], key=lambda r: r.source)
-                    log.info("%s/%s: %d images %s", dataset, split, len(records), _counts(records, inventory.classes))
-                    arr = np.lib.format.open_memmap(
-                        tmp[f"{split}.npy"],
-                        mode="w+",
-                        dtype=np.uint8,
-                        shape=(len(records), image_size, image_size, channels),
-                    )
-                    decode_members(archive, [r.source for r in records], arr, mode=resize_mode, threads=threads)
-                    arr.flush()
-                    del arr
-                    _write_manifest(tmp[f"{split}.csv"], records, inventory.classes)
-                    splits[split] = records
-            info = {
-                "classes": list(inventory.classes),
-                "counts": {s: _counts(splits[s], inventory.classes) for s in SPLITS},
-                "notes": inventory.notes,
+            split_settings = {
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "official_val": official_val,
             }
+            info = _prepare_archive(
+                dataset,
+                source,
+                tmp,
+                image_size=image_size,
+                mode=resize_mode,
+                seed=seed,
+                threads=threads,
+                **split_settings,
+            )
         info = {
             "dataset": dataset,
             "format": "uint8 (N, H, W, C) .npy per split; manifest CSV rows in array order",
@@ -282,6 +265,40 @@ def prepare_dataset(
         tmp["info.json"].write_text(json.dumps(info, indent=2) + "\n")
     log.info("%s: wrote %s", dataset, ", ".join(str(p) for p in paths))
     return info
+
+
+def _prepare_archive(
+    dataset: str,
+    source: dict[str, Any],
+    tmp: dict[str, Path],
+    *,
+    image_size: int,
+    mode: ResizeMode,
+    seed: int,
+    threads: int,
+    **split_settings: Any,
+) -> dict[str, Any]:
+    """Split an archive's images and write each split's array and manifest to ``tmp``; classes, counts, notes."""
+    with Archive(source["path"]) as archive:
+        inventory = READERS[dataset](archive)
+        for note in inventory.notes:
+            log.info("%s: %s", dataset, note)
+        splits = assign_splits(dataset, inventory, seed=seed, **split_settings)
+        for split in SPLITS:
+            records = sorted(splits[split], key=lambda r: r.source)
+            log.info("%s/%s: %d images %s", dataset, split, len(records), _counts(records, inventory.classes))
+            shape = (len(records), image_size, image_size, CHANNELS[dataset])
+            arr = np.lib.format.open_memmap(tmp[f"{split}.npy"], mode="w+", dtype=np.uint8, shape=shape)
+            decode_members(archive, [r.source for r in records], arr, mode=mode, threads=threads)
+            arr.flush()
+            del arr
+            _write_manifest(tmp[f"{split}.csv"], records, inventory.classes)
+            splits[split] = records
+    return {
+        "classes": list(inventory.classes),
+        "counts": {s: _counts(splits[s], inventory.classes) for s in SPLITS},
+        "notes": inventory.notes,
+    }
 
 
 def _prepare_medmnist(

@@ -359,14 +359,23 @@ def audit_plot(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
     )
 
 
+FIGURES = ("figure3", "figure4", "privacy_utility", "audit")
+
+
 def draw_figures(
-    *, summary_csv: str, histories: Sequence[str], cells: Sequence[Sequence], outputs: Sequence[str], dpi: int
+    *, summary_csv: str, histories: Sequence[str], cells: Sequence[Sequence], outputs: Mapping[str, str], dpi: int
 ) -> None:
-    """All result figures; ``outputs`` are (png, pdf) pairs of figure3, figure4, privacy_utility, audit_auc, in
-    that order; ``cells`` are the (dataset, mechanism, beta label, seed) of ``histories``."""
+    """All result figures. ``outputs`` names each file: ``<figure>_png`` and ``<figure>_pdf`` for every figure
+    of :data:`FIGURES`; ``cells`` are the (dataset, mechanism, beta label, seed) of ``histories``."""
+    missing = [f"{f}_{ext}" for f in FIGURES for ext in ("png", "pdf") if f"{f}_{ext}" not in outputs]
+    if missing:
+        raise ValueError(f"draw_figures: no output path for {missing}")
+
+    def pair(figure: str) -> list[str]:
+        return [outputs[f"{figure}_png"], outputs[f"{figure}_pdf"]]
+
     by_cell = {(d, m, float(b), int(s)): h for (d, m, b, s), h in zip(cells, histories, strict=True)}
-    pairs = [outputs[i : i + 2] for i in range(0, len(outputs), 2)]
-    figure3(histories=by_cell, outputs=pairs[0], dpi=dpi)
-    figure4(summary_csv=summary_csv, outputs=pairs[1], dpi=dpi)
-    privacy_utility(summary_csv=summary_csv, outputs=pairs[2], dpi=dpi)
-    audit_plot(summary_csv=summary_csv, outputs=pairs[3], dpi=dpi)
+    figure3(histories=by_cell, outputs=pair("figure3"), dpi=dpi)
+    figure4(summary_csv=summary_csv, outputs=pair("figure4"), dpi=dpi)
+    privacy_utility(summary_csv=summary_csv, outputs=pair("privacy_utility"), dpi=dpi)
+    audit_plot(summary_csv=summary_csv, outputs=pair("audit"), dpi=dpi)

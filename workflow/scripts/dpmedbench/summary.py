@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_outputs
+from .privacy import PrivacyRecord
 
 COLUMNS = (
     "dataset",
@@ -54,22 +55,14 @@ COLUMNS = (
 
 
 def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    privacy = metrics["privacy"]
+    privacy = PrivacyRecord.from_json(metrics["privacy"]).summary_view()
     test = evaluation["test"]
     headline = evaluation["audit"][evaluation["audit_headline"]]
     clean = evaluation["audit"].get("clean_members", {})
     lira = evaluation["audit"].get("lira", {})
     return {
         **metrics["cell"],
-        "epsilon": privacy.get("epsilon"),
-        "delta": privacy.get("delta"),
-        "accountant": privacy.get("accountant")
-        if privacy["mechanism"] == "dpsgd"
-        else ("Laplace mechanism, per pixel value" if privacy.get("epsilon") is not None else None),
-        "epsilon_rdp": privacy.get("epsilon_rdp"),
-        "noise_multiplier": privacy.get("noise_multiplier"),
-        "sample_rate": privacy.get("sample_rate"),
-        "steps": privacy.get("steps"),
+        **privacy,
         "epochs": metrics["config"]["epochs"],
         "train_acc": metrics["train_acc"],
         "val_acc": metrics["val_acc"],

@@ -1,4 +1,5 @@
-"""Figures built only from files the pipeline wrote."""
+"""The paper's Figure 2: one image of a dataset and its Local-DP copies at every β, built from the files the
+Local-DP stage wrote."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -24,6 +26,17 @@ def _panel_title(beta: float, privacy: dict) -> str:
         return f"β = {beta:g}\nno ε (no formal guarantee)"
     per_value, per_image = privacy["epsilon_per_value"], privacy["epsilon_per_image"]
     return f"β = {beta:g}\nε = {per_value:g} per value\nε = {per_image:.3g} per image"
+
+
+def _draw_row(axes: Sequence[Any], panels: list[np.ndarray], titles: list[str], label: str, cmap: str | None) -> None:
+    for col, (ax, panel, title) in enumerate(zip(axes, panels, titles, strict=True)):
+        shown = np.clip(panel, 0.0, 1.0)
+        ax.imshow(shown[..., 0] if cmap else shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=8)
+        if col == 0:
+            ax.set_ylabel(label, fontsize=8)
 
 
 def figure2(
@@ -59,34 +72,17 @@ def figure2(
     )
     cmap = "gray" if image.shape[-1] == 1 else None
     for row, mechanism in enumerate(mechanisms):
-        panels, titles = [image.astype(np.float32) / 255.0], ["clean"]
-        for beta, record, copy in zip(betas, records, copies, strict=True):
-            if mechanism == configured:
-                panels.append(decode_stored(np.asarray(np.load(copy, mmap_mode="r")[index])))
-                titles.append(_panel_title(beta, record))
-            else:
-                panels.append(
-                    noisy_batch(
-                        image[None],
-                        mechanism=mechanism,
-                        beta=beta,
-                        seed=seed,
-                        dataset=dataset,
-                        split="train",
-                        start=index,
-                    )[0]
-                )
-                titles.append(_panel_title(beta, MECHANISMS[mechanism].privacy(beta, int(image.size))))
+        if mechanism == configured:
+            noisy = [decode_stored(np.asarray(np.load(copy, mmap_mode="r")[index])) for copy in copies]
+            privacy = records
+        else:
+            common = {"mechanism": mechanism, "seed": seed, "dataset": dataset, "split": "train", "start": index}
+            noisy = [noisy_batch(image[None], beta=beta, **common)[0] for beta in betas]
+            privacy = [MECHANISMS[mechanism].privacy(beta, int(image.size)).to_json() for beta in betas]
+        panels = [image.astype(np.float32) / 255.0, *noisy]
+        titles = ["clean"] + [_panel_title(beta, record) for beta, record in zip(betas, privacy, strict=True)]
         source = "materialised copy" if mechanism == configured else "drawn for comparison"
-        for col, (panel, title) in enumerate(zip(panels, titles, strict=True)):
-            ax = axes[row, col]
-            shown = np.clip(panel, 0.0, 1.0)
-            ax.imshow(shown[..., 0] if cmap else shown, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title, fontsize=8)
-            if col == 0:
-                ax.set_ylabel(f"{mechanism}\n({source})", fontsize=8)
+        _draw_row(axes[row], panels, titles, f"{mechanism}\n({source})", cmap)
     fig.suptitle(
         f"{_TITLES.get(dataset, dataset)}: training image {index}, clean and with Local-DP noise "
         "(noisy values shown clipped to [0, 1]; ε, where one exists, is pure ε-DP with δ = 0)",

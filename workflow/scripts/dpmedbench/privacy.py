@@ -1,0 +1,69 @@
+"""The privacy record: what guarantee a released artefact carries, defined once.
+
+The Local-DP stage writes one per noisy copy (inside its ``privacy.json``), each training plan produces one per
+cell (``metrics.json`` → ``privacy``), and the summary table reads its columns from :meth:`summary_view`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PrivacyRecord:
+    """One privacy guarantee (or the documented absence of one).
+
+    ``mechanism``: what produced it (``none``, ``dpsgd``, or a Local-DP mechanism such as ``laplace_pixel``).
+    ``epsilon``/``delta``: the headline guarantee, ``None`` when there is none (``epsilon_reason`` says why).
+    ``accountant``: how ``epsilon`` was obtained, short (``prv``, ``rdp``, ``Laplace mechanism, per pixel
+    value``). ``scope``: what is released and what one epsilon protects. ``details``: mechanism-specific figures
+    (noise multiplier, sample rate, steps, epsilon per image, ...), kept flat in the JSON form.
+
+    >>> r = PrivacyRecord("dpsgd", 0.99, 1e-4, "prv", True, details={"steps": 10, "epsilon_rdp": 1.1})
+    >>> PrivacyRecord.from_json(r.to_json()) == r
+    True
+    >>> r.summary_view()["epsilon_rdp"], r.summary_view()["accountant"]
+    (1.1, 'prv')
+    """
+
+    mechanism: str
+    epsilon: float | None
+    delta: float | None = None
+    accountant: str | None = None
+    formal_guarantee: bool = False
+    scope: str | None = None
+    epsilon_reason: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A flat JSON object: the fields above, then the details."""
+        core = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
+        clash = set(core) & set(self.details)
+        if clash:
+            raise ValueError(f"privacy details may not redefine {sorted(clash)}")
+        return {**core, **self.details}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, ignore: tuple[str, ...] = ()) -> PrivacyRecord:
+        """The record in a flat JSON object; keys that are not fields become details, except ``ignore``."""
+        names = {f.name for f in fields(cls)} - {"details"}
+        if "mechanism" not in data or "epsilon" not in data:
+            raise ValueError(f"not a privacy record (needs 'mechanism' and 'epsilon'): keys {sorted(data)}")
+        details = {k: v for k, v in data.items() if k not in names and k not in ignore}
+        return cls(**{k: data[k] for k in names if k in data}, details=details)
+
+    def summary_view(self) -> dict[str, Any]:
+        """The privacy columns of ``results/summary.csv``."""
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "accountant": self.accountant if self.epsilon is not None else None,
+            **{key: self.details.get(key) for key in ("epsilon_rdp", "noise_multiplier", "sample_rate", "steps")},
+        }
+
+
+NO_PRIVACY = PrivacyRecord(
+    "none", None, epsilon_reason="non-private baseline: no privacy mechanism", scope="nothing is protected"
+)
