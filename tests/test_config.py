@@ -101,3 +101,27 @@ def test_every_schema_key_has_a_description_and_a_default():
         assert "default" in sub, f"{key} has no default"
         if sub.get("type") == "object":
             assert sub.get("additionalProperties") is False, f"{key} accepts unknown keys"
+
+
+def test_patient_unit_needs_patient_ids_and_per_example_gradients():
+    from dpmedbench.config import dpsgd_settings
+
+    ok = validate_config({"datasets": {"chest_xray": {"dpsgd": {"privacy_unit": "patient", "grad_sample_mode": "ew"}}}})
+    assert dpsgd_settings(ok, "chest_xray")["privacy_unit"] == "patient"
+    assert dpsgd_settings(ok, "aptos")["privacy_unit"] == "image"
+    with pytest.raises(ConfigError, match=r"datasets.aptos.dpsgd.privacy_unit.*APTOS publishes one id per image"):
+        validate_config({"dpsgd": {"privacy_unit": "patient", "grad_sample_mode": "ew"}})
+    with pytest.raises(ConfigError, match="'bk' clips per image"):
+        validate_config({"datasets": {"chest_xray": {"dpsgd": {"privacy_unit": "patient"}}}})
+    with pytest.raises(ConfigError, match="MedMNIST none"):
+        validate_config(
+            {
+                "datasets": {
+                    "chest_xray": {"source": "medmnist", "dpsgd": {"privacy_unit": "patient"}},
+                    "aptos": {"enabled": False},
+                },
+                "dpsgd": {"grad_sample_mode": "ew"},
+            }
+        )
+    # without DP-SGD cells the unit is irrelevant and nothing is refused
+    validate_config({"mechanisms": ["none"], "dpsgd": {"privacy_unit": "patient"}})

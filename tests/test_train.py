@@ -52,7 +52,7 @@ def data(tmp_path_factory):
 
 
 def tiny(mechanism: str, **kw) -> CellConfig:
-    dp = DPSettings(max_physical_batch=8, **kw.pop("dp", {}))
+    dp = DPSettings(**{"max_physical_batch": 8, **kw.pop("dp", {})})
     base = dict(
         dataset="chest_xray",
         mechanism=mechanism,
@@ -275,10 +275,10 @@ def test_a_crafted_resume_file_runs_nothing_and_training_starts_afresh(data, tmp
 
 def test_a_resume_file_from_another_kind_of_device_is_not_used(data, tmp_path, caplog):
     from dpmedbench.checkpoint import RunState, load_resume, save_resume
-    from dpmedbench.plans import Plan, Streams
+    from dpmedbench.plans import Plan, Streams, TrainingData
 
     model = build_resnet18(num_classes=2, weights=None, norm="batch")
-    plan = Plan(tiny("none"), n_train=24, streams=Streams(0), ldp_privacy=None)
+    plan = Plan(tiny("none"), data=TrainingData(n=24), streams=Streams("chest_xray", "none", 0.0, 0))
     plan.attach(model)
     state = RunState()
     state.record({"epoch": 1, "val_acc": 0.5}, model)
@@ -289,3 +289,202 @@ def test_a_resume_file_from_another_kind_of_device_is_not_used(data, tmp_path, c
     with caplog.at_level("WARNING"):
         fresh = load_resume(tmp_path, fingerprint="fp", model=model, plan=plan, device=torch.device("cpu"))
     assert fresh.epoch == 0 and "another kind of device" in caplog.text
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "last.pt", weights_only=True)["model"]
+
+
+def _dp_cell(data: dict, out: Path, **kw) -> dict:
+    dp = {"noise_multiplier": 1.0, **kw.pop("dp", {})}
+    return train_cell(tiny("dpsgd", dp=dp, **kw), train=data["train"], val=data["val"], test=data["test"], out_dir=out)
+
+
+def test_cells_that_differ_only_in_beta_share_no_randomness(data, tmp_path):
+    """The same given noise multiplier at beta 1 and 2: different noise, batches and initial weights."""
+    from dpmedbench.plans import Streams, TrainingData, plan_for
+
+    _dp_cell(data, tmp_path / "b1", beta=1.0)
+    _dp_cell(data, tmp_path / "b2", beta=2.0)
+    w1, w2 = _weights(tmp_path / "b1"), _weights(tmp_path / "b2")
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    draws, masks = [], []
+    for beta in (1.0, 2.0):
+        config = tiny("dpsgd", beta=beta, dp={"noise_multiplier": 1.0})
+        plan = plan_for("dpsgd")(config, data=TrainingData(n=24), streams=Streams("chest_xray", "dpsgd", beta, 0))
+        plan.attach(build_resnet18(num_classes=2, weights=None, norm="group"))
+        masks.append(torch.cat(plan.start_epoch(1)))
+        draws.append(torch.randn(20_000, generator=plan.noise))
+    assert abs(float(torch.corrcoef(torch.stack(draws))[0, 1])) < 0.05  # independent: |r| ~ 0.007
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_secret_noise_differs_between_runs_and_is_recorded_nowhere(data, tmp_path):
+    a = _dp_cell(data, tmp_path / "a", dp={"noise_source": "os"})
+    _dp_cell(data, tmp_path / "b", dp={"noise_source": "os"})
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["privacy"]["randomness"].startswith("os:") and "secrets" in a["privacy"]["randomness"]
+    seeded = _dp_cell(data, tmp_path / "s")
+    assert "the guarantee assumes the seed is secret" in seeded["privacy"]["randomness"]
+
+
+def test_train_metrics_of_dp_sgd_are_marked_or_not_published(data, tmp_path):
+    exact = _dp_cell(data, tmp_path / "exact")
+    assert set(exact["privacy"]["outside_guarantee"]) == {"train_loss", "train_acc"}
+    rows = read_history(tmp_path / "exact" / "history.csv")
+    assert all(r["train_outside_guarantee"] == "True" and r["train_acc"] for r in rows)
+    hidden = _dp_cell(data, tmp_path / "none", dp={"train_metrics": "none"})
+    assert hidden["train_acc"] is None and hidden["privacy"]["outside_guarantee"] == {}
+    rows = read_history(tmp_path / "none" / "history.csv")
+    assert all(r["train_acc"] == r["train_loss"] == r["train_outside_guarantee"] == "" for r in rows)
+    baseline = train_cell(tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "n")
+    assert baseline["train_acc"] is not None and "outside_guarantee" not in baseline["privacy"]
+
+
+def _patient_data(tmp_path: Path) -> dict:
+    """Splits whose training images belong to 9 patients with 1 to 4 images each, and an info.json that says the
+    groups are patient ids (a Kaggle chest X-ray archive)."""
+    data = {s: make_split(tmp_path, s, n, seed=i) for i, (s, n) in enumerate((("train", 24), ("val", 8), ("test", 8)))}
+    sizes = [1, 2, 3, 4, 1, 2, 3, 4, 4]
+    groups = [f"person{p}" for p, k in enumerate(sizes) for _ in range(k)]
+    with open(data["train"][1], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(data["train"][1], "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "group": group} for row, group in zip(rows, groups, strict=True))
+    (tmp_path / "info.json").write_text(json.dumps({"source": {"source": "kaggle", "path": "chest.zip"}}))
+    return {**data, "info": str(tmp_path / "info.json")}
+
+
+def test_image_unit_records_what_a_patient_gets_by_group_privacy(tmp_path):
+    data = _patient_data(tmp_path)
+    m = train_cell(
+        tiny("dpsgd", dp={"noise_multiplier": 2.0}),
+        train=data["train"],
+        val=data["val"],
+        test=data["test"],
+        out_dir=tmp_path / "cell",
+        data_info=data["info"],
+    )
+    p = m["privacy"]
+    assert p["unit"] == "image" and p["images_per_patient"]["largest"] == 4 and p["images_per_patient"]["groups"] == 9
+    assert p["epsilon_patient"] > p["epsilon"] and "group privacy" in p["epsilon_patient_conversion"]
+    without_ids = _dp_cell({k: data[k] for k in ("train", "val", "test")}, tmp_path / "no-ids")
+    assert without_ids["privacy"]["epsilon_patient"] is None and without_ids["privacy"]["epsilon_patient_reason"]
+
+
+def test_patient_unit_is_refused_without_patient_ids_or_with_bk(data, tmp_path):
+    with pytest.raises(TrainingError, match="needs patient ids"):
+        _dp_cell(data, tmp_path / "a", dp={"privacy_unit": "patient", "grad_sample_mode": "ew"})
+    patients = _patient_data(tmp_path / "p")
+    with pytest.raises(TrainingError, match="'bk' clips per image"):
+        train_cell(
+            tiny("dpsgd", dp={"privacy_unit": "patient"}),
+            train=patients["train"],
+            val=patients["val"],
+            test=patients["test"],
+            out_dir=tmp_path / "b",
+            data_info=patients["info"],
+        )
+
+
+@pytest.mark.parametrize("mode", ["ew", "hooks", "vmap"])
+def test_patient_unit_clips_each_patients_summed_gradient(tmp_path, mode):
+    """sigma = 0, float64: the update is the sum over sampled patients of each patient's summed gradient clipped
+    to C, over the expected number of patients, exactly as a one-patient-at-a-time loop computes it; physical
+    chunks never split a patient."""
+    import copy
+
+    import torch.nn.functional as F
+    from dpmedbench.plans import RunningStats, Streams, TrainingData, plan_for
+
+    groups = np.array(["a", "a", "a", "b", "c", "c", "d", "e", "e", "e"], dtype=object)
+    config = tiny(
+        "dpsgd",
+        lr=0.0,
+        batch_size=3,
+        dp={
+            "noise_multiplier": 0.0,
+            "privacy_unit": "patient",
+            "grad_sample_mode": mode,
+            "max_grad_norm": 0.05,
+            "max_physical_batch": 4,
+        },
+    )
+    data = TrainingData(n=len(groups), groups=groups, groups_are_patients=True)
+    plan = plan_for("dpsgd")(config, data=data, streams=Streams("chest_xray", "dpsgd", 1.0, 0))
+    torch.manual_seed(0)
+    base = build_resnet18(num_classes=2, weights=None, norm="group").double()
+    model = copy.deepcopy(base)
+    plan.attach(model)
+    x = torch.randn(len(groups), 3, 16, 16, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1, 0, 1])
+    batch = torch.arange(len(groups))  # every patient sampled: a, b, c, d, e
+    assert [len(c) for c in plan._patient_chunks(batch)] == [4, 3, 3]  # a+b, c+d, e
+    plan.step(batch, lambda idx: (x[idx], y[idx]), RunningStats(torch.device("cpu")))
+    params = [p for p in base.parameters() if p.requires_grad]
+    expected = [torch.zeros_like(p) for p in params]
+    clipped = 0
+    for patient in np.unique(groups):
+        base.zero_grad()
+        idx = torch.as_tensor(np.flatnonzero(groups == patient))
+        F.cross_entropy(base(x[idx]), y[idx], reduction="sum").backward()
+        norm = torch.sqrt(sum((p.grad**2).sum() for p in params)).item()
+        clipped += norm > 0.05
+        for e, p in zip(expected, params, strict=True):
+            e += min(1.0, 0.05 / (norm + 1e-6)) * p.grad
+    assert clipped >= 3
+    got = [p.grad for p in model.parameters() if p.requires_grad]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g * plan.expected_batch, e, rtol=1e-9, atol=1e-12)
+    assert plan.expected_batch == pytest.approx(3 / 10 * 5)
+
+
+def test_patient_unit_epsilon_matches_an_independent_accountant(tmp_path):
+    """The record's q, sigma and steps give its epsilon under Google's dp_accounting (PLD and RDP)."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    data = _patient_data(tmp_path)
+    m = train_cell(
+        tiny("dpsgd", dp={"privacy_unit": "patient", "grad_sample_mode": "ew"}),
+        train=data["train"],
+        val=data["val"],
+        test=data["test"],
+        out_dir=tmp_path / "cell",
+        data_info=data["info"],
+    )
+    p = m["privacy"]
+    assert p["unit"] == "patient" and p["sampled_units"] == "patients" and p["epsilon_patient"] == p["epsilon"]
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(p["sample_rate"], dp_accounting.GaussianDpEvent(p["noise_multiplier"])),
+        p["steps"],
+    )
+    pld = pld_privacy_accountant.PLDAccountant().compose(event).get_epsilon(p["delta"])
+    rdp = rdp_privacy_accountant.RdpAccountant().compose(event).get_epsilon(p["delta"])
+    assert abs(p["epsilon"] - pld) <= 0.03 * pld + 0.01, (p["epsilon"], pld)
+    assert abs(p["epsilon_rdp"] - rdp) <= 0.01 * rdp, (p["epsilon_rdp"], rdp)
+    assert p["epsilon"] <= 1.0 + 0.02  # calibrated to 1 / beta at the patient unit
+
+
+def test_secret_noise_survives_a_kill_and_resume(data, tmp_path):
+    config = tiny("dpsgd", epochs=4, dp={"noise_source": "os"})
+    killed = _run(config, data, tmp_path)
+    resume = tmp_path / "resume.pt"
+    deadline = time.monotonic() + 300
+    while not resume.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert killed.poll() is None, "training finished before it could be interrupted"
+    killed.send_signal(signal.SIGTERM)
+    assert killed.wait(timeout=300) == 143, killed.stderr.read()
+    saved_epoch = torch.load(resume, weights_only=True)["epoch"]
+    rerun = _run(config, data, tmp_path)
+    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()
+    assert f"resuming after epoch {saved_epoch}" in rerun.stderr.read()
+    assert [int(r["epoch"]) for r in read_history(tmp_path / "history.csv")] == [1, 2, 3, 4]
+    assert not resume.exists()  # the only place the generator state ever was
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["privacy"]["steps"] == 4 * 3 and metrics["privacy"]["randomness"].startswith("os:")

@@ -5,7 +5,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 # Light modules only (standard library, jsonschema, yaml): this runs whenever Snakemake builds the job graph.
-from dpmedbench.config import canonical, enabled_datasets, validate_config  # noqa: E402
+from dpmedbench.config import (  # noqa: E402
+    canonical,
+    dpsgd_settings,
+    enabled_datasets,
+    validate_config,
+)
 from dpmedbench.digest import code_digest, script_digest, script_modules  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.names import (  # noqa: E402
@@ -205,6 +210,10 @@ def train_inputs(wildcards):
         )
     else:
         inputs.update(train=f"{prepared}/train.npy", val=f"{prepared}/val.npy")
+    if (
+        wildcards.mechanism == "dpsgd"
+    ):  # where the data came from: are its groups patients?
+        inputs["info"] = f"{prepared}/info.json"
     if config["model"]["pretrained"]:
         inputs["weights"] = config["model"]["weights"] or WEIGHTS_DEFAULT
     return inputs
@@ -228,10 +237,10 @@ def reference_settings(wildcards):
     return cell_settings(wildcards, REFERENCE_SEED_BASE + int(wildcards.ref))
 
 
-def _result_keys(section):
-    """A config section without its speed-only keys (SPEED_ONLY)."""
+def _result_keys(section, values=None):
+    """A config section (or ``values`` of it) without its speed-only keys (SPEED_ONLY)."""
     speed = {key for sec, key in SPEED_ONLY if sec == section}
-    return {k: v for k, v in config[section].items() if k not in speed}
+    return {k: v for k, v in (values or config[section]).items() if k not in speed}
 
 
 def cell_settings(wildcards, seed):
@@ -253,7 +262,7 @@ def cell_settings(wildcards, seed):
         **model,
     }
     if mechanism == "dpsgd":
-        cell["dpsgd"] = _result_keys("dpsgd")
+        cell["dpsgd"] = _result_keys("dpsgd", dpsgd_settings(config, wildcards.dataset))
     return canonical(cell)
 
 

@@ -32,6 +32,7 @@ HISTORY_COLUMNS = (
     "test_loss",
     "test_acc",
     "epsilon_rdp",
+    "train_outside_guarantee",
     "seconds",
 )
 RESUME, RESUME_BEST = "resume.pt", "resume_best.pt"

@@ -96,11 +96,42 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
     if not any(d["enabled"] for d in datasets.values()):
         raise ConfigError("invalid configuration:\n  datasets: every dataset is disabled; enable at least one")
     for name, ds in datasets.items():
+        if ds["enabled"] and "dpsgd" in config["mechanisms"]:
+            _check_privacy_unit(name, ds, dpsgd_settings(config, name))
         if ds["enabled"] and ds["source"] == "local" and not ds["archive"]:
             raise ConfigError(
                 f"invalid configuration:\n  datasets.{name}.archive: source is 'local' but no archive is set; "
                 f"give the path of the downloaded zip or of the folder it was extracted to"
             )
+
+
+def dpsgd_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The DP-SGD settings of ``dataset``'s cells: the global ``dpsgd`` section with the dataset's non-null
+    overrides (``datasets.<name>.dpsgd``).
+
+    >>> cfg = validate_config({"datasets": {"chest_xray": {"dpsgd": {"grad_sample_mode": "ew"}}}})
+    >>> dpsgd_settings(cfg, "chest_xray")["grad_sample_mode"], dpsgd_settings(cfg, "aptos")["grad_sample_mode"]
+    ('ew', 'bk')
+    """
+    overrides = config["datasets"][dataset].get("dpsgd", {})
+    return {**config["dpsgd"], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def _check_privacy_unit(name: str, ds: Mapping[str, Any], dp: Mapping[str, Any]) -> None:
+    if dp["privacy_unit"] != "patient":
+        return
+    where = f"invalid configuration:\n  datasets.{name}.dpsgd.privacy_unit / dpsgd.privacy_unit: 'patient'"
+    if name != "chest_xray" or ds["source"] == "medmnist":
+        raise ConfigError(
+            f"{where} needs patient ids, and {name} from source '{ds['source']}' has none (APTOS publishes one id "
+            f"per image, MedMNIST none); use 'image' (the privacy record then says what a patient gets)"
+        )
+    if dp["grad_sample_mode"] == "bk":
+        raise ConfigError(
+            f"{where} clips each patient's summed gradient, which needs per-image gradients: 'bk' clips per image "
+            f"(the ghost norm of a sum needs the cross terms between its images). Set grad_sample_mode to 'ew', "
+            f"'hooks' or 'vmap' (globally or in datasets.{name}.dpsgd)"
+        )
 
 
 #: The order of datasets in every list the workflow builds (jobs, params, tables), whatever the order of the keys

@@ -18,9 +18,11 @@ noise and divides by the expected batch size; RDP and PRV accountants track the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -111,12 +113,15 @@ def noisy_step(
     model: nn.Module,
     chunks: Sequence[torch.Tensor],
     fetch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    after_sample: Callable[[torch.Tensor], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One DP-SGD step on a logical batch given as physical ``chunks`` of indices (``fetch(indices)`` -> inputs,
     labels): per-example gradients chunk by chunk, every chunk but the last a skipped step that only accumulates,
     then one noisy update. An empty chunk (an empty Poisson batch) still gets its noise. As after a plain
     ``optimizer.step()``, the update's (noisy, averaged) gradient stays in ``p.grad`` until the next step; the
-    per-example state is released. Returns (losses, logits, labels) of every non-empty chunk.
+    per-example state is released. ``after_sample(chunk)`` runs after each chunk's per-example gradients exist,
+    before they are clipped (the patient plan sums them by patient there). Returns (losses, logits, labels) of
+    every non-empty chunk.
 
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
@@ -135,6 +140,8 @@ def noisy_step(
             x, y = fetch(chunk)
             losses, logits = sampler(x, y)
             out.append((losses, logits, y))
+            if after_sample is not None:
+                after_sample(chunk)
         else:
             empty_grad_samples(model)
         if i < len(chunks) - 1:
@@ -193,3 +200,29 @@ def epsilon(history: list[tuple[float, float, int]], *, delta: float, accountant
     acc = ACCOUNTANTS[accountant]()
     acc.history = [tuple(h) for h in history]
     return float(acc.get_epsilon(delta=delta))
+
+
+def group_epsilon(history: list[tuple[float, float, int]], *, delta: float, group_size: int) -> float:
+    """Epsilon at ``delta`` for any group of ``group_size`` examples (a patient with that many images), from the
+    run's RDP by RDP group privacy (Mironov 2017, Proposition 2): an (alpha, eps)-RDP mechanism is
+    (alpha / 2^c, 3^c eps)-RDP for groups of 2^c >= ``group_size`` when alpha >= 2^(c+1); converted to
+    (epsilon, delta) with eps + log(1/delta) / (alpha - 1), minimised over alpha. A group of one gets the RDP
+    accountant's epsilon.
+
+    >>> history = [(1.0, 0.01, 1000)]
+    >>> one, two = group_epsilon(history, delta=1e-5, group_size=1), group_epsilon(history, delta=1e-5, group_size=2)
+    >>> round(one, 3) == round(epsilon(history, delta=1e-5, accountant="rdp"), 3) and two > 2 * one
+    True
+    """
+    if group_size <= 1:
+        return epsilon(history, delta=delta, accountant="rdp")
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    c = math.ceil(math.log2(group_size))
+    orders = np.concatenate([np.linspace(2.0, 10.0, 33), np.arange(11.0, 257.0)])  # alpha / 2^c
+    rdp = np.zeros_like(orders)
+    for sigma, q, steps in history:
+        rdp += compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders * 2**c)
+    eps = 3**c * rdp + math.log(1 / delta) / (orders - 1)
+    eps = eps[np.isfinite(eps)]
+    return float(eps.min()) if len(eps) else math.inf

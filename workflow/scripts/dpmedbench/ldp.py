@@ -23,7 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +124,7 @@ def _pixel_privacy(beta: float, values_per_image: int) -> PrivacyRecord:
         delta=0.0,
         accountant="Laplace mechanism, per pixel value",
         formal_guarantee=True,
+        unit="pixel value",
         scope=LOCAL_SCOPE,
         details={
             "epsilon_per_value": 1.0 / beta,
@@ -292,7 +293,7 @@ def materialise_copy(
             "dataset": dataset,
             "beta": beta,
             "description": MECHANISMS[mechanism].description,
-            **MECHANISMS[mechanism].privacy(beta, values).to_json(),
+            **replace(MECHANISMS[mechanism].privacy(beta, values), randomness=randomness(noise_source)).to_json(),
             "values_per_image": values,
             "storage": storage,
             "clipped": storage == "uint8",
@@ -308,6 +309,16 @@ def materialise_copy(
         }
         tmps[-1].write_text(json.dumps(privacy, indent=2) + "\n")
     return privacy
+
+
+def randomness(noise_source: NoiseSource) -> str:
+    """What the noise source means for the guarantee, in words (the privacy record's ``randomness``)."""
+    if noise_source == "seeded":
+        return (
+            "seeded: every image's noise is derived from the configuration's seed, so the guarantee assumes the "
+            "seed is secret; with the published configuration the noise can be recreated"
+        )
+    return "os: every image's noise comes from fresh operating-system entropy, recorded nowhere; not reproducible"
 
 
 def _seed_policy(seed: int, noise_source: NoiseSource) -> str:

@@ -8,6 +8,8 @@ not pull in numpy, PyTorch or scikit-learn.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 SPLITS = ("train", "val", "test")
 MECHANISMS = ("none", "ldp", "dpsgd")
@@ -30,3 +32,22 @@ def beta_label(beta: float) -> str:
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}")
     return f"{beta:g}"
+
+
+def is_medmnist(source: Mapping[str, Any]) -> bool:
+    """A MedMNIST download, or a local ``.npz`` in MedMNIST's format (a ``source.json`` record)."""
+    return source["source"] == "medmnist" or str(source["path"]).lower().endswith(".npz")
+
+
+def groups_are_patients(dataset: str, source: Mapping[str, Any]) -> bool:
+    """Whether the ``group`` column of a prepared manifest holds patient ids: the Kermany chest X-ray file names
+    carry them; APTOS publishes one id per image and MedMNIST none, so there the group is an image id.
+
+    >>> groups_are_patients("chest_xray", {"source": "kaggle", "path": "x.zip"})
+    True
+    >>> groups_are_patients("chest_xray", {"source": "local", "path": "pneumoniamnist_224.npz"})
+    False
+    >>> groups_are_patients("aptos", {"source": "kaggle", "path": "x.zip"})
+    False
+    """
+    return dataset == "chest_xray" and not is_medmnist(source)

@@ -18,10 +18,11 @@ import importlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,18 +38,22 @@ Fetch = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Streams:
-    """The random streams of one training run, each derived from the run's seed and its purpose.
+    """The random streams of one training run, each derived from the run's full identity (dataset, mechanism,
+    beta, seed, and for a reference model its index) and its purpose: two cells that differ in any part of
+    their identity share no stream.
 
-    >>> s = Streams(0)
-    >>> s.seed_for(1, "sample") == Streams(0).seed_for(1, "sample") != s.seed_for(1, "noise")
+    >>> s = Streams("chest_xray", "dpsgd", 1.0, 0)
+    >>> s.seed_for(1, "noise") == Streams("chest_xray", "dpsgd", 1.0, 0).seed_for(1, "noise")
+    True
+    >>> s.seed_for(1, "noise") != Streams("chest_xray", "dpsgd", 2.0, 0).seed_for(1, "noise") != s.seed_for(1, "sample")
     True
     """
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    def __init__(self, *identity: object) -> None:
+        self.identity = identity
 
     def seed_for(self, *purpose: object) -> int:
-        return derive_seed(self.seed, *purpose)
+        return derive_seed(*self.identity, *purpose)
 
     def generator(self, *purpose: object, device: torch.device | str = "cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed_for(*purpose))
@@ -69,9 +74,23 @@ class RunningStats:
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.seen += len(labels)
 
-    def summary(self) -> dict[str, float]:
-        seen = max(1, self.seen)
-        return {"train_loss": float(self.loss) / seen, "train_acc": int(self.correct) / seen}
+    def summary(self) -> dict[str, float | None]:
+        """Mean loss and accuracy; ``None`` for both when nothing was recorded (an epoch of empty batches, or a
+        plan that does not publish them)."""
+        if not self.seen:
+            return {"train_loss": None, "train_acc": None}
+        return {"train_loss": float(self.loss) / self.seen, "train_acc": int(self.correct) / self.seen}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a plan may know about the training split: its size, each image's group (the manifest's ``group``
+    column), whether those groups are patients, and, for Local-DP, the noisy copy's ``privacy.json``."""
+
+    n: int
+    groups: np.ndarray | None = None
+    groups_are_patients: bool = False
+    ldp_privacy: str | os.PathLike[str] | None = None
 
 
 class Plan:
@@ -79,10 +98,9 @@ class Plan:
 
     mechanism = "none"
 
-    def __init__(
-        self, config: CellConfig, *, n_train: int, streams: Streams, ldp_privacy: str | os.PathLike[str] | None
-    ) -> None:
-        self.config, self.n_train, self.streams = config, n_train, streams
+    def __init__(self, config: CellConfig, *, data: TrainingData, streams: Streams) -> None:
+        self.config, self.data, self.streams = config, data, streams
+        self.n_train = data.n
         self.model: nn.Module | None = None
         self.optimizer: Any = None
 
@@ -157,10 +175,9 @@ class LocalDPPlan(Plan):
 
     mechanism = "ldp"
 
-    def __init__(
-        self, config: CellConfig, *, n_train: int, streams: Streams, ldp_privacy: str | os.PathLike[str] | None
-    ) -> None:
-        super().__init__(config, n_train=n_train, streams=streams, ldp_privacy=ldp_privacy)
+    def __init__(self, config: CellConfig, *, data: TrainingData, streams: Streams) -> None:
+        super().__init__(config, data=data, streams=streams)
+        ldp_privacy = data.ldp_privacy
         if ldp_privacy is None:
             raise TrainingError("a Local-DP cell needs the privacy.json of its noisy copy")
         try:

@@ -34,7 +34,7 @@ from .fileio import atomic_outputs
 from .imaging import ResizeMode, decode_resized, resize_loaded
 from .layouts import READERS, Inventory, Record
 from .medmnist import MEDMNIST, load_npz
-from .names import SPLITS
+from .names import SPLITS, is_medmnist
 from .splits import stratified_group_holdout, stratified_holdout
 
 log = logging.getLogger(__name__)
@@ -199,11 +199,6 @@ def output_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
     """Every file :func:`prepare_dataset` writes, in a fixed order."""
     out_dir = Path(out_dir)
     return [out_dir / f"{s}.{ext}" for s in SPLITS for ext in ("npy", "csv")] + [out_dir / "info.json"]
-
-
-def is_medmnist(source: Mapping[str, Any]) -> bool:
-    """A MedMNIST download, or a local ``.npz`` in MedMNIST's format."""
-    return source["source"] == "medmnist" or str(source["path"]).lower().endswith(".npz")
 
 
 def prepare_dataset(

@@ -18,8 +18,10 @@ class PrivacyRecord:
     ``mechanism``: what produced it (``none``, ``dpsgd``, or a Local-DP mechanism such as ``laplace_pixel``).
     ``epsilon``/``delta``: the headline guarantee, ``None`` when there is none (``epsilon_reason`` says why).
     ``accountant``: how ``epsilon`` was obtained, short (``prv``, ``rdp``, ``Laplace mechanism, per pixel
-    value``). ``scope``: what is released and what one epsilon protects. ``details``: mechanism-specific figures
-    (noise multiplier, sample rate, steps, epsilon per image, ...), kept flat in the JSON form.
+    value``). ``unit``: what one epsilon protects (``image``, ``patient``, ``pixel value``). ``scope``: what is
+    released. ``randomness``: where the noise came from and what that means for the guarantee. ``details``:
+    mechanism-specific figures (noise multiplier, sample rate, steps, epsilon per image, ...), kept flat in the
+    JSON form.
 
     >>> r = PrivacyRecord("dpsgd", 0.99, 1e-4, "prv", True, details={"steps": 10, "epsilon_rdp": 1.1})
     >>> PrivacyRecord.from_json(r.to_json()) == r
@@ -33,7 +35,9 @@ class PrivacyRecord:
     delta: float | None = None
     accountant: str | None = None
     formal_guarantee: bool = False
+    unit: str | None = None
     scope: str | None = None
+    randomness: str | None = None
     epsilon_reason: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
@@ -60,7 +64,11 @@ class PrivacyRecord:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "accountant": self.accountant if self.epsilon is not None else None,
-            **{key: self.details.get(key) for key in ("epsilon_rdp", "noise_multiplier", "sample_rate", "steps")},
+            "privacy_unit": self.unit,
+            **{
+                key: self.details.get(key)
+                for key in ("epsilon_patient", "epsilon_rdp", "noise_multiplier", "sample_rate", "steps")
+            },
         }
 
 

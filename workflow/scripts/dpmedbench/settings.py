@@ -28,6 +28,9 @@ class DPSettings:
     accountant: str = "prv"
     norm: str = "group"
     grad_sample_mode: str = "bk"
+    noise_source: str = "seeded"  # seeded | os
+    train_metrics: str = "exact"  # exact | none
+    privacy_unit: str = "image"  # image | patient
     max_physical_batch: int = 32  # speed and memory only (GroupNorm or frozen BatchNorm: no batch statistics)
 
 

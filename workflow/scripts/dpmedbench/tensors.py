@@ -38,6 +38,12 @@ def read_labels(manifest: str | os.PathLike[str]) -> np.ndarray:
         return np.array([int(row["label"]) for row in csv.DictReader(fh)], dtype=np.int64)
 
 
+def read_groups(manifest: str | os.PathLike[str]) -> np.ndarray:
+    """The ``group`` column of a manifest (patient id, or image id where a source has no patient ids)."""
+    with open(manifest, newline="") as fh:
+        return np.array([row["group"] for row in csv.DictReader(fh)], dtype=object)
+
+
 def load_split(
     name: str, array: str | os.PathLike[str], manifest: str | os.PathLike[str], device: torch.device
 ) -> Split:

@@ -28,10 +28,11 @@ from .checkpoint import RunState, load_resume, save_resume, write_outputs
 from .errors import TrainingError
 from .loop import fit
 from .models import build_resnet18
-from .plans import Plan, Streams, plan_for
+from .names import groups_are_patients
+from .plans import Plan, Streams, TrainingData, plan_for
 from .runtime import Interrupted, StopFlag, cpu_threads, derive_seed, pick_device, scheduler_record, versions
 from .settings import CellConfig, DPSettings
-from .tensors import Preprocess, Split, load_split, read_labels
+from .tensors import Preprocess, Split, load_split, read_groups, read_labels
 
 __all__ = ["CellConfig", "DPSettings", "TrainingError", "run_cell", "run_reference", "train_cell"]
 log = logging.getLogger(__name__)
@@ -49,14 +50,18 @@ def train_cell(
     val_clean: Pair | None = None,
     weights: str | os.PathLike[str] | None = None,
     ldp_privacy: str | os.PathLike[str] | None = None,
+    data_info: str | os.PathLike[str] | None = None,
     fingerprint: str = "",
     threads: int = 1,
     train_subset: np.ndarray | None = None,
+    reference: int | None = None,
 ) -> dict[str, Any]:
     """Train a cell and write ``history.csv``, ``best.pt``, ``last.pt`` and ``metrics.json`` into ``out_dir``.
 
+    ``data_info``: the prepared data's ``info.json`` (where it came from: are its groups patients?).
     ``fingerprint`` identifies the settings and code: a ``resume.pt`` left by an interrupted run is used only if
-    it carries the same one. ``train_subset``: indices of the training images to use (reference models).
+    it carries the same one. ``train_subset``: indices of the training images to use, and ``reference`` the
+    index, of a reference model of the calibrated audit (part of its random streams' identity).
     """
     torch.set_num_threads(cpu_threads(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -65,8 +70,10 @@ def train_cell(
     device = pick_device(config.device)
     splits = _load_splits(train, val, test, val_clean, device, train_subset)
     classes = _classes(splits, train[0], val[0])
-    streams = Streams(config.seed)
-    plan = plan_for(config.mechanism)(config, n_train=len(splits["train"]), streams=streams, ldp_privacy=ldp_privacy)
+    identity = (config.dataset, config.mechanism, config.beta, config.seed)
+    streams = Streams(*identity, *(() if reference is None else ("reference", reference)))
+    data = _training_data(train[1], train_subset, ldp_privacy, data_info, dataset=config.dataset)
+    plan = plan_for(config.mechanism)(config, data=data, streams=streams)
     log.info("%s", plan.describe())
     torch.manual_seed(streams.seed_for("init"))
     model = build_resnet18(num_classes=classes, weights=weights if config.pretrained else None, norm=plan.norm)
@@ -115,6 +122,21 @@ def _load_splits(
     if subset is not None:
         splits["train"] = splits["train"].subset(torch.as_tensor(np.asarray(subset), dtype=torch.long, device=device))
     return splits
+
+
+def _training_data(
+    manifest: str,
+    subset: np.ndarray | None,
+    ldp_privacy: str | os.PathLike[str] | None,
+    data_info: str | os.PathLike[str] | None,
+    *,
+    dataset: str,
+) -> TrainingData:
+    groups = read_groups(manifest)
+    if subset is not None:
+        groups = groups[np.asarray(subset)]
+    patients = data_info is not None and groups_are_patients(dataset, json.loads(Path(data_info).read_text())["source"])
+    return TrainingData(n=len(groups), groups=groups, groups_are_patients=patients, ldp_privacy=ldp_privacy)
 
 
 def _classes(splits: Mapping[str, Split], train_array: str, val_array: str) -> int:
@@ -207,6 +229,7 @@ def run_reference(
         threads=threads,
         execution=execution,
         train_subset=np.flatnonzero(members),
+        reference=index,
     )
     with atomic_outputs(Path(out_dir) / "members.npy") as (tmp,), open(tmp, "wb") as fh:
         np.save(fh, members)
@@ -222,13 +245,14 @@ def run_cell(
     threads: int,
     execution: Mapping[str, Any] | None = None,
     train_subset: np.ndarray | None = None,
+    reference: int | None = None,
 ) -> dict[str, Any]:
     """Snakemake entry point: ``settings`` is the rule's ``cell`` param (what decides the result), ``execution``
     the speed-only settings read from the configuration when the job runs (``device``, ``eval_batch``,
     ``max_physical_batch``, ``dp_max_physical_batch``), ``inputs`` the rule's named inputs."""
     settings = dict(settings)
     subset = None if train_subset is None else np.asarray(train_subset).tolist()
-    fingerprint = hashlib.sha256(json.dumps([settings, code, subset], sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps([settings, code, subset, reference], sort_keys=True).encode()).hexdigest()
     dp_settings = dict(settings.pop("dpsgd", {}))
     execution = dict(execution or {})
     if "dp_max_physical_batch" in execution:
@@ -248,6 +272,8 @@ def run_cell(
         val_clean=pair("val", "val_clean") if "val_clean" in inputs else None,
         weights=inputs.get("weights"),
         ldp_privacy=inputs.get("privacy"),
+        data_info=inputs.get("info"),
+        reference=reference,
         out_dir=out_dir,
         fingerprint=fingerprint,
         threads=threads,
