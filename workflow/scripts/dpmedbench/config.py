@@ -121,7 +121,8 @@ def _check_privacy_unit(name: str, ds: Mapping[str, Any], dp: Mapping[str, Any])
     if dp["privacy_unit"] != "patient":
         return
     where = f"invalid configuration:\n  datasets.{name}.dpsgd.privacy_unit / dpsgd.privacy_unit: 'patient'"
-    if name != "chest_xray" or ds["source"] == "medmnist":
+    npz = ds["source"] == "local" and str(ds["archive"] or "").lower().endswith(".npz")
+    if name != "chest_xray" or ds["source"] == "medmnist" or npz:
         raise ConfigError(
             f"{where} needs patient ids, and {name} from source '{ds['source']}' has none (APTOS publishes one id "
             f"per image, MedMNIST none); use 'image' (the privacy record then says what a patient gets)"

@@ -253,11 +253,21 @@ class DPSGDPlan(Plan):
                 "sampling": f"Poisson (each {unit} independently with probability q per step)",
                 "norm_layers": NORM_LAYERS[self.dp.norm],
                 "grad_sample_mode": self.dp.grad_sample_mode,
-                "outside_guarantee": {"train_loss": TRAIN_METRICS_NOTE, "train_acc": TRAIN_METRICS_NOTE}
-                if self.dp.train_metrics == "exact"
-                else {},
+                "outside_guarantee": self._outside_guarantee(),
             },
         )
+
+    def _outside_guarantee(self) -> dict[str, str]:
+        """What is published about the training data beside the model, and not covered by epsilon."""
+        outside = {
+            "audit": "the membership-inference figures (evaluation.json, summary.csv audit_*) are computed from the "
+            "model's losses on the training images: they measure the guarantee and are not covered by it",
+            "counts": "n_train and the images per patient (hence epsilon_patient) are exact counts of the training "
+            "data; the accountant treats them as public (q and the number of steps are computed from them)",
+        }
+        if self.dp.train_metrics == "exact":
+            outside |= {"train_loss": TRAIN_METRICS_NOTE, "train_acc": TRAIN_METRICS_NOTE}
+        return outside
 
     def _patient_figures(self, eps: float) -> dict[str, Any]:
         """What a patient gets: epsilon itself at the patient unit; by group privacy over the largest patient at

@@ -80,11 +80,13 @@ def evaluate_cell(
     """``inputs``: (array, manifest) paths keyed ``test``, ``train_clean`` and, for ``ldp`` cells, ``train_seen``
     (the noisy copy), ``val_noisy``, ``val_clean`` and ``privacy``. ``references``: (``best.pt``, ``members.npy``)
     of the reference models of this cell's configuration; with any, the headline audit is repeated with the
-    calibrated attack (offline LiRA)."""
+    calibrated attack (offline LiRA). The evaluation's random streams (bootstrap, audit splits, the noise of the
+    audit's noised non-members) derive from the cell's identity and ``seed``."""
     torch.set_num_threads(cpu_threads(threads))
     dev = pick_device(device)
     cell = json.loads(Path(metrics).read_text())["cell"]
     model, prep, best_epoch = _load_model(best, dev)
+    seed = derive_seed(cell["dataset"], cell["mechanism"], cell["beta"], cell["seed"], seed)  # this cell's own
     kappa = cell["dataset"] == "aptos"
 
     def split(key: str) -> Split:

@@ -21,12 +21,17 @@ log = logging.getLogger(__name__)
 
 def train_one_epoch(
     plan: Plan, train: Split, prep: Preprocess, *, epoch: int, augment: torch.Generator, stop: StopFlag
-) -> dict[str, float]:
-    """One epoch of the plan's steps; the mean training loss and accuracy over the images it stepped on."""
+) -> dict[str, float | None]:
+    """One epoch of the plan's steps; the mean training loss and accuracy over the images it stepped on.
+
+    Every training image gets this epoch's augmentation draws in advance, from ``augment``: an image is augmented
+    the same way whichever batch it lands in and whichever images share it (so adding or removing one image
+    changes no other image's input, as DP-SGD's analysis needs)."""
     stats = RunningStats(train.labels.device)
+    draws = torch.rand((len(train), 3), generator=augment)
 
     def fetch(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return prep(train.images[indices], train=True, generator=augment), train.labels[indices]
+        return prep(train.images[indices], train=True, draws=draws[indices.cpu()]), train.labels[indices]
 
     for batch in plan.start_epoch(epoch):
         stop.check()
@@ -81,7 +86,7 @@ def format_row(row: Mapping[str, Any]) -> str:
     """
     parts = []
     for key, value in row.items():
-        if key == "epoch" or value is None:
+        if key == "epoch" or value is None or isinstance(value, bool):
             continue
         if key == "seconds":
             parts.append(f"{value:.1f} s")

@@ -22,6 +22,7 @@ PAPER_BASELINES = {"chest_xray": (99.76, 90.22), "aptos": (98.39, 80.21)}
 GROUP = ["dataset", "mechanism", "beta"]
 TABLE_METRICS = {
     "epsilon": "ε",
+    "epsilon_patient": "ε per patient",
     "train_acc": "train acc",
     "val_acc": "val acc",
     "test_acc": "test acc",
@@ -36,7 +37,7 @@ TABLE_METRICS = {
     "audit_lira_tpr_at_1pct_fpr": "LiRA TPR@1%FPR",
 }
 #: Columns left out of the formatted tables when no cell has them (the calibrated attack is optional).
-OPTIONAL_METRICS = ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr")
+OPTIONAL_METRICS = ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr", "epsilon_patient")
 MECHANISM_ORDER = {"none": 0, "ldp": 1, "dpsgd": 2}
 LABELS = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
 
@@ -49,6 +50,8 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         row["seeds"] = len(group)
         outside = group["train_outside_guarantee"] if "train_outside_guarantee" in group else pd.Series(dtype=bool)
         row["train_outside_guarantee"] = bool(outside.astype(str).str.lower().eq("true").any())
+        units = group["privacy_unit"].dropna().unique() if "privacy_unit" in group else []
+        row["privacy_unit"] = "/".join(sorted(map(str, units))) or "–"
         for col in TABLE_METRICS:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
             row[f"{col}_mean"] = values.mean() if len(values) else np.nan
@@ -86,6 +89,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
         out[label + (" (%)" if percent else "")] = [
             _cell(m, s, percent) for m, s in zip(table[f"{col}_mean"], table[f"{col}_sd"], strict=True)
         ]
+    out.insert(out.columns.get_loc("ε") + 1, "ε per", table["privacy_unit"])
     out["train acc (%)"] = [
         text + (OUTSIDE_MARK if outside and text != "–" else "")
         for text, outside in zip(out["train acc (%)"], table["train_outside_guarantee"], strict=True)
@@ -149,13 +153,35 @@ def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
                 "β": "–" if r.beta == 0 else f"{r.beta:g}",
                 "paper train (%)": paper[0] if paper else "not in the text",
                 "paper test (%)": paper[1] if paper else "not in the text",
-                "ours train, best-val epoch (%)": f"{100 * r.train_acc_mean:.2f}"
-                + (OUTSIDE_MARK if r.train_outside_guarantee else ""),
+                "ours train, best-val epoch (%)": "–"
+                if pd.isna(r.train_acc_mean)
+                else f"{100 * r.train_acc_mean:.2f}" + (OUTSIDE_MARK if r.train_outside_guarantee else ""),
                 "ours test, best-val epoch (%)": round(100 * r.test_acc_mean, 2),
                 "ours test, best-test epoch (authors' protocol, %)": round(100 * r.test_acc_max_mean, 2),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _epsilon_caption(summary: pd.DataFrame) -> str:
+    """What the tables' ε are, read from the cells: accountant, δ and unit of the DP-SGD cells; Local-DP's unit.
+
+    >>> _epsilon_caption(pd.DataFrame({"mechanism": ["dpsgd", "ldp"], "accountant": ["prv", "x"], "delta": [1e-4, 0],
+    ...                                "privacy_unit": ["patient", "pixel value"]}))
+    'ε: DP-SGD at δ = 0.0001 by the prv accountant, per patient; Local-DP per pixel value.'
+    """
+    parts = []
+    dp = summary[summary["mechanism"] == "dpsgd"]
+    if not dp.empty:
+        accountants = ", ".join(sorted(dp["accountant"].dropna().astype(str).unique())) or "unrecorded"
+        deltas = "/".join(f"{d:g}" for d in sorted(pd.to_numeric(dp["delta"], errors="coerce").dropna().unique()))
+        units = " or ".join(sorted(dp.get("privacy_unit", pd.Series(dtype=str)).dropna().astype(str).unique()))
+        parts.append(f"DP-SGD at δ = {deltas or '?'} by the {accountants} accountant, per {units or 'image'}")
+    ldp = summary[summary["mechanism"] == "ldp"]
+    if not ldp.empty:
+        units = sorted(ldp.get("privacy_unit", pd.Series(dtype=str)).dropna().astype(str).unique())
+        parts.append(f"Local-DP per {' or '.join(units)}" if units else "Local-DP: no ε (no formal guarantee)")
+    return f"ε: {'; '.join(parts)}." if parts else ""
 
 
 def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], paper: Sequence[str]) -> None:
@@ -166,9 +192,9 @@ def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], pa
         table,
         formatted(table),
         "Results per dataset, mechanism and β: mean ± sd over seeds; accuracies at the epoch of best "
-        "validation accuracy, except the authors' max test accuracy over epochs; ε at δ = 1e-4 "
-        "(DP-SGD, PRV accountant, per image or per patient as summary.csv's privacy_unit says) or per pixel value "
-        "(Local-DP). " + OUTSIDE_NOTE,
+        f"validation accuracy, except the authors' max test accuracy over epochs. {_epsilon_caption(summary)} "
+        "The membership-inference (MIA, LiRA) figures use the training images: they measure the guarantee and are "
+        "not covered by it. " + OUTSIDE_NOTE,
         [Path(p) for p in main],
     )
     comparison = paper_comparison(table)
@@ -196,9 +222,11 @@ def _cell_label(mechanism: str, beta: float) -> str:
 def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Sequence[str], dpi: int) -> None:
     """Learning curves: train and test accuracy per epoch, one panel per (dataset, mechanism), one line per β
     (mean over seeds)."""
-    frames = []
+    frames, outside = [], False
     for (dataset, mechanism, beta, seed), path in histories.items():
         h = pd.read_csv(path)
+        if "train_outside_guarantee" in h:
+            outside |= bool(h["train_outside_guarantee"].astype(str).str.lower().eq("true").any())
         for split in ("train", "test"):
             frames.append(
                 pd.DataFrame(
@@ -231,7 +259,7 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
     )
     grid.set_axis_labels("epoch", "accuracy (%)")
     grid.set_titles("{row_name} · {col_name}")
-    note = "; DP-SGD train accuracy is published outside the DP guarantee" if "DP-SGD" in set(data["mechanism"]) else ""
+    note = "; DP-SGD train accuracy is published outside the DP guarantee" if outside else ""
     grid.figure.suptitle(f"Figure 3: learning curves (mean over seeds){note}", y=1.02)
     _save(grid.figure, outputs, dpi)
 
@@ -271,7 +299,8 @@ def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
         ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
-    note = "; DP-SGD train accuracy: outside the DP guarantee" if (summary["mechanism"] == "dpsgd").any() else ""
+    marked = summary.get("train_outside_guarantee", pd.Series(dtype=object)).astype(str).str.lower().eq("true")
+    note = "; DP-SGD train accuracy: outside the DP guarantee" if marked.any() else ""
     grid.figure.suptitle(f"Figure 4: accuracy by mechanism and β (model chosen on validation data){note}", y=1.03)
     _save(grid.figure, outputs, dpi)
 

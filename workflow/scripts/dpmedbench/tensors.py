@@ -77,14 +77,18 @@ class Preprocess:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, packed: torch.Tensor, *, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, packed: torch.Tensor, *, train: bool, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """``draws``: (N, 3) uniform numbers, one row per image, that fix its random affine transform in training
+        (each image's own, so that no image's augmentation depends on which other images share its batch)."""
         x = packed.permute(0, 3, 1, 2).float()
         if packed.dtype == torch.uint8:
             x = x / 255.0
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if train and self.augment and len(x):
-            x = self._affine(x, generator)
+            if draws is None or len(draws) != len(x):
+                raise ValueError("training preprocessing needs one row of augmentation draws per image")
+            x = self._affine(x, draws)
         h, w = x.shape[-2:]
         if self.crop > min(h, w):
             raise TrainingError(f"crop {self.crop} is larger than the {h}x{w} images; lower model.crop")
@@ -94,9 +98,9 @@ class Preprocess:
             x = (x - self.mean) / self.std
         return x.contiguous()
 
-    def _affine(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _affine(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         n = len(x)
-        params = torch.rand((n, 3), generator=generator)  # on the CPU: the same draws on every device
+        params = params.cpu()  # the same draws on every device
         scale = 1.0 + 0.1 * params[:, 0]
         tx, ty = (params[:, 1] - 0.5) * 0.2, (params[:, 2] - 0.5) * 0.2  # fraction of the side, in [-0.1, 0.1]
         theta = torch.zeros((n, 2, 3))

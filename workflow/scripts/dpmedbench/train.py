@@ -191,8 +191,9 @@ def exit_on_interrupt(fn: Any, /, **kwargs: Any) -> Any:
         sys.exit(143)
 
 
-def reference_members(n: int, *, index: int) -> np.ndarray:
-    """Which of ``n`` training images reference model ``index`` trains on: a random half, its own per index.
+def reference_members(n: int, *, index: int, identity: tuple = ()) -> np.ndarray:
+    """Which of ``n`` training images reference model ``index`` of a configuration (``identity``: dataset,
+    mechanism, beta) trains on: a random half, its own per configuration and index.
 
     >>> m = reference_members(10, index=3)
     >>> int(m.sum()), bool((m == reference_members(10, index=3)).all())
@@ -201,7 +202,8 @@ def reference_members(n: int, *, index: int) -> np.ndarray:
     True
     """
     members = np.zeros(n, dtype=bool)
-    members[np.random.default_rng(derive_seed(index, "reference-members")).permutation(n)[: n // 2]] = True
+    rng = np.random.default_rng(derive_seed(*identity, index, "reference-members"))
+    members[rng.permutation(n)[: n // 2]] = True
     return members
 
 
@@ -220,7 +222,8 @@ def run_reference(
     from .fileio import atomic_outputs
 
     n = len(read_labels(inputs["train_csv"]))
-    members = reference_members(n, index=index)
+    identity = (settings["dataset"], settings["mechanism"], float(settings["beta"]))
+    members = reference_members(n, index=index, identity=identity)
     result = run_cell(
         settings=settings,
         code=code,
