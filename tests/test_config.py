@@ -125,3 +125,28 @@ def test_patient_unit_needs_patient_ids_and_per_example_gradients():
         )
     # without DP-SGD cells the unit is irrelevant and nothing is refused
     validate_config({"mechanisms": ["none"], "dpsgd": {"privacy_unit": "patient"}})
+
+
+def test_archive_paths_are_expanded_checked_and_only_taken_with_source_local(tmp_path, monkeypatch):
+    from dpmedbench.config import check_local_archives
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DPMB_DATA", str(tmp_path / "data"))
+    cfg = validate_config(
+        {
+            "datasets": {
+                "chest_xray": {"source": "local", "archive": "~/chest.zip", "sha256": "AB" * 32},
+                "aptos": {"source": "local", "archive": "$DPMB_DATA/aptos"},
+            }
+        }
+    )
+    assert cfg["datasets"]["chest_xray"]["archive"] == f"{tmp_path}/chest.zip"
+    assert cfg["datasets"]["aptos"]["archive"] == f"{tmp_path}/data/aptos"
+    assert cfg["datasets"]["chest_xray"]["sha256"] == "ab" * 32
+    with pytest.raises(ConfigError, match=rf"datasets.chest_xray.archive: {tmp_path}/chest.zip does not exist"):
+        check_local_archives(cfg)
+    (tmp_path / "chest.zip").write_bytes(b"")
+    (tmp_path / "data" / "aptos").mkdir(parents=True)
+    check_local_archives(cfg)
+    with pytest.raises(ConfigError, match="source is 'kaggle', which ignores it: set source: local"):
+        validate_config({"datasets": {"aptos": {"archive": str(tmp_path / "chest.zip")}}})

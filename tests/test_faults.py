@@ -129,3 +129,35 @@ def test_a_full_disk_fails_the_job_and_leaves_no_output(tmp_path):
     assert left == [], f"a failed prepare left {left}"
     dry = subprocess.run(_snakemake(target, "-n"), cwd=workdir, capture_output=True, text=True)
     assert "rule prepare:" in dry.stdout
+
+
+def test_a_rerun_removes_the_temporaries_of_a_killed_job_but_not_of_a_live_one(tmp_path):
+    """SIGKILL leaves full-size hidden temporaries beside the outputs; the next write of those outputs removes
+    the ones whose process is gone, never those of a running process (or of another host)."""
+    import socket
+    import subprocess
+    import sys
+
+    from dpmedbench.fileio import remove_stale_temporaries
+
+    host = socket.gethostname().replace("-", "_")
+    final = tmp_path / "train.npy"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".train.npy.tmp-{host}-{dead_pid}"
+        legacy = tmp_path / f".train.npy.tmp-{dead_pid}"  # written before temporaries named their host
+        running = tmp_path / f".train.npy.tmp-{host}-{live.pid}"
+        elsewhere = tmp_path / f".train.npy.tmp-otherhost-{dead_pid}"
+        for path in (stale, legacy, running, elsewhere):
+            path.write_bytes(b"x" * 1000)
+        with atomic_outputs(final) as (tmp,):
+            tmp.write_bytes(b"done")
+        assert final.read_bytes() == b"done"
+        assert not stale.exists() and not legacy.exists()
+        assert running.exists() and elsewhere.exists()
+        assert remove_stale_temporaries(final) == []
+    finally:
+        live.kill()
+        live.wait()

@@ -136,6 +136,7 @@ def test_aptos_csv_row_without_image_is_named(aptos_zip, tmp_path):
         ("id_code,diagnosis\n{id},7\n", "line 2: diagnosis '7'"),
         ("id_code,diagnosis\n{id},0\n{id},0\n", "line 3: id_code '{id}' appears twice"),
         ("id_code,diagnosis\n{id},0\n", "grade 1 has no images"),
+        ("id_code,diagnosis\n", r"train.csv: the file has a header but no rows"),
     ],
 )
 def test_aptos_bad_csv(aptos_zip, tmp_path, csv_text, message):
@@ -143,4 +144,95 @@ def test_aptos_bad_csv(aptos_zip, tmp_path, csv_text, message):
         first_id = zf.read("train.csv").decode().splitlines()[1].split(",")[0]
     bad = rewrite_zip(aptos_zip, tmp_path / "bad.zip", {"train.csv": csv_text.format(id=first_id).encode()})
     with Archive(bad) as arc, pytest.raises(LayoutError, match=message.format(id=first_id)):
+        read_aptos(arc)
+
+
+def add_members(src, dest, extra):
+    """Copy the zip ``src`` to ``dest`` with the members ``extra`` (name -> bytes) added, duplicates included."""
+    import warnings
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": on purpose
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info.filename))
+        for name, data in extra.items():
+            zout.writestr(name, data)
+    return dest
+
+
+def patch_zip_member(src, dest, member, *, flag_bits=0, compress_type=None):
+    """Copy ``src`` to ``dest`` with the header fields of ``member`` changed, as an encrypting zip tool or one
+    compressing with Deflate64 would have written them (the data itself is left as it was)."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        local = zf.getinfo(member).header_offset
+    central = data.find(b"PK\x01\x02")
+    while central >= 0:
+        name_len = struct.unpack_from("<H", data, central + 28)[0]
+        if data[central + 46 : central + 46 + name_len].decode() == member:
+            break
+        central = data.find(b"PK\x01\x02", central + 46)
+    for offset, flags_at in ((local, 6), (central, 8)):
+        struct.pack_into(
+            "<H", data, offset + flags_at, struct.unpack_from("<H", data, offset + flags_at)[0] | flag_bits
+        )
+        if compress_type is not None:
+            struct.pack_into("<H", data, offset + flags_at + 2, compress_type)
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"chest_xray/train/NORMAL/IM-0999-0001.bmp": b"BM", "chest_xray/test/PNEUMONIA/scan.tif": b"II*"}, 2),
+        ({"chest_xray/train/COVID/covid-1.jpeg": b"x", "chest_xray/test/COVID/covid-2.jpeg": b"x"}, 2),
+        ({"chest_xray/val/loose.jpeg": b"x"}, 1),
+    ],
+)
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_chest_files_outside_the_class_folders_are_refused(chest_kaggle_zip, tmp_path, extra, named, as_folder):
+    bad = add_members(chest_kaggle_zip, tmp_path / "extra.zip", extra)
+    path = extract(bad, tmp_path / "extracted") if as_folder else bad
+    with Archive(path) as arc, pytest.raises(LayoutError, match=rf"{named} files? (is|are) not .*delete") as err:
+        read_chest_xray(arc)
+    for member in extra:
+        assert member in str(err.value)
+
+
+def test_chest_unexpected_files_in_the_skipped_duplicate_tree_stay_ignored(chest_kaggle_zip, tmp_path):
+    extra = {"chest_xray/chest_xray/train/COVID/covid-1.jpeg": b"x", "chest_xray/__MACOSX/x/._y.bmp": b"x"}
+    with Archive(add_members(chest_kaggle_zip, tmp_path / "extra.zip", extra)) as arc:
+        inv = read_chest_xray(arc)
+    assert not any("COVID" in r.source for r in inv.records)
+
+
+def test_duplicate_zip_members_are_refused(chest_kaggle_zip, tmp_path):
+    with zipfile.ZipFile(chest_kaggle_zip) as zf:
+        twice = sorted(n for n in zf.namelist() if n.startswith("chest_xray/train/NORMAL/I"))[:2]
+        extra = {n: zf.read(n) for n in twice}
+    bad = add_members(chest_kaggle_zip, tmp_path / "dup.zip", extra)
+    with pytest.raises(LayoutError, match=r"dup.zip: 2 member names appear more than once") as err, Archive(bad) as arc:
+        read_chest_xray(arc)
+    assert all(n in str(err.value) for n in twice)
+
+
+def test_encrypted_or_deflate64_members_are_named(aptos_zip, tmp_path):
+    with zipfile.ZipFile(aptos_zip) as zf:
+        member = sorted(n for n in zf.namelist() if n.startswith("train_images/"))[3]
+    locked = patch_zip_member(aptos_zip, tmp_path / "locked.zip", member, flag_bits=0x1)
+    with Archive(locked) as arc, pytest.raises(LayoutError, match=rf"locked.zip: 1 member is encrypted .*{member}"):
+        arc.check_readable(arc.members)
+    d64 = patch_zip_member(aptos_zip, tmp_path / "d64.zip", "train.csv", compress_type=9)
+    with Archive(d64) as arc, pytest.raises(LayoutError, match=r"d64.zip: 1 member is compressed with deflate64"):
+        read_aptos(arc)
+
+
+def test_aptos_two_images_with_one_id_are_refused(aptos_zip, tmp_path):
+    with zipfile.ZipFile(aptos_zip) as zf:
+        first_id = zf.read("train.csv").decode().splitlines()[1].split(",")[0]
+    bad = add_members(aptos_zip, tmp_path / "two.zip", {f"train_images/{first_id}.jpg": b"x"})
+    with Archive(bad) as arc, pytest.raises(LayoutError, match=rf"two.zip:train_images/: id_code {first_id} has 2"):
         read_aptos(arc)

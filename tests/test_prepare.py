@@ -7,24 +7,33 @@ import numpy as np
 import pandas as pd
 import pytest
 from dpmedbench.archive import Archive
-from dpmedbench.errors import ImageError
+from dpmedbench.errors import ChecksumError, ImageError, LayoutError
+from dpmedbench.fileio import file_digest, source_digest
 from dpmedbench.imaging import decode_resized
 from dpmedbench.prepare import MANIFEST_COLUMNS, output_paths, prepare_dataset
 from dpmedbench.synth import make_medmnist_npz
 
-from .conftest import rewrite_zip
+from .conftest import extract, rewrite_zip
+from .test_layouts import patch_zip_member
 
 
-def _source_json(tmp_path, archive, source="local"):
+def _source_json(tmp_path, archive, source="local", sha256=None):
+    """A source.json as fetch writes it: the archive's digest as it was when fetched (``sha256``, by default the
+    archive's digest now)."""
     path = tmp_path / "source.json"
-    path.write_text(json.dumps({"dataset": "x", "source": source, "path": str(archive), "sha256": "0" * 64}))
+    sha256 = sha256 or source_digest(archive)["sha256"]
+    path.write_text(json.dumps({"dataset": "x", "source": source, "path": str(archive), "sha256": sha256}))
     return path
 
 
-def _prepare(tmp_path, dataset, archive, threads=1, out="out", **kw):
+def _prepare(tmp_path, dataset, archive, threads=1, out="out", sha256=None, **kw):
     kw = {"image_size": 32, "resize_mode": "center_crop", "seed": 42, "val_fraction": 0.2, **kw}
     return prepare_dataset(
-        dataset=dataset, source_json=_source_json(tmp_path, archive), out_dir=tmp_path / out, threads=threads, **kw
+        dataset=dataset,
+        source_json=_source_json(tmp_path, archive, sha256=sha256),
+        out_dir=tmp_path / out,
+        threads=threads,
+        **kw,
     )
 
 
@@ -47,7 +56,9 @@ def test_chest_outputs_are_consistent(chest_kaggle_zip, tmp_path):
     assert total == sum(sum(c.values()) for c in info["counts"].values())
     train, val = (set(pd.read_csv(tmp_path / "out" / f"{s}.csv")["group"]) for s in ("train", "val"))
     assert not train & val
-    assert info["channels"] == 1 and info["image_size"] == 32 and info["source"]["sha256"] == "0" * 64
+    assert info["channels"] == 1 and info["image_size"] == 32
+    assert info["source"]["sha256"] == info["read"]["sha256"] == file_digest(chest_kaggle_zip)
+    assert info["read"]["sha256_of"] == "file"
     assert not list((tmp_path / "out").glob(".*tmp*"))
 
 
@@ -99,8 +110,6 @@ def test_bad_npz_is_named(tmp_path):
     path = tmp_path / "pneumoniamnist.npz"
     with open(path, "wb") as fh:
         np.savez(fh, train_images=np.zeros((2, 8, 8), np.uint8))
-    from dpmedbench.errors import LayoutError
-
     with pytest.raises(LayoutError, match=r"pneumoniamnist.npz: not a MedMNIST file: missing \['train_labels'\]"):
         _prepare(tmp_path, "chest_xray", path)
 
@@ -109,7 +118,8 @@ STRESS = """
 import sys
 import numpy as np
 from dpmedbench.archive import Archive
-from dpmedbench.errors import ImageError
+from dpmedbench.errors import ChecksumError, ImageError, LayoutError
+from dpmedbench.fileio import file_digest, source_digest
 from dpmedbench.prepare import decode_members
 
 archive = Archive(sys.argv[1])
@@ -148,3 +158,172 @@ def test_parallel_decoding_fails_cleanly_every_time(tmp_path):
         [sys.executable, "-c", STRESS, str(path), "300"], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_an_archive_changed_since_it_was_fetched_is_refused(aptos_zip, tmp_path):
+    with pytest.raises(ChecksumError, match=r"changed since it was fetched.*rerun the workflow") as err:
+        _prepare(tmp_path, "aptos", aptos_zip, sha256="0" * 64)
+    assert str(aptos_zip) in str(err.value) and file_digest(aptos_zip) in str(err.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_info_records_the_digest_of_what_was_read(aptos_zip, tmp_path):
+    folder = extract(aptos_zip, tmp_path / "aptos")
+    info = _prepare(tmp_path, "aptos", folder)
+    assert info["read"] == source_digest(folder) and info["read"]["sha256_of"].startswith("folder listing")
+    written = json.loads((tmp_path / "out" / "info.json").read_text())
+    assert written["read"] == info["read"]
+    (tmp_path / "source.json").write_text(json.dumps({"dataset": "aptos", "source": "local", "path": str(folder)}))
+    info = prepare_dataset(  # a source.json without a digest: nothing to compare, the digest is still recorded
+        dataset="aptos",
+        source_json=tmp_path / "source.json",
+        out_dir=tmp_path / "again",
+        image_size=16,
+        resize_mode="squash",
+        seed=1,
+        val_fraction=0.2,
+    )
+    assert info["read"] == source_digest(folder)
+
+
+def test_empty_image_is_named_as_empty(aptos_zip, tmp_path):
+    with zipfile.ZipFile(aptos_zip) as zf:
+        victim = sorted(n for n in zf.namelist() if n.startswith("train_images/"))[5]
+    bad = rewrite_zip(aptos_zip, tmp_path / "empty.zip", {victim: b""})
+    with pytest.raises(ImageError, match=rf"empty.zip:{victim}: the file is empty \(0 bytes\)") as err:
+        _prepare(tmp_path, "aptos", bad)
+    assert "BytesIO" not in str(err.value)
+
+
+def test_unrecognised_image_bytes_name_no_python_object(aptos_zip, tmp_path):
+    with zipfile.ZipFile(aptos_zip) as zf:
+        victim = sorted(n for n in zf.namelist() if n.startswith("train_images/"))[5]
+    bad = rewrite_zip(aptos_zip, tmp_path / "junk.zip", {victim: b"this is no image"})
+    with pytest.raises(ImageError, match=rf"junk.zip:{victim}: cannot decode image") as err:
+        _prepare(tmp_path, "aptos", bad)
+    assert "BytesIO" not in str(err.value) and "0x" not in str(err.value)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_encrypted_member_is_refused_before_decoding(chest_mendeley_zip, tmp_path, monkeypatch, threads):
+    import dpmedbench.prepare as prepare
+
+    with zipfile.ZipFile(chest_mendeley_zip) as zf:
+        member = sorted(n for n in zf.namelist() if n.startswith("chest_xray/test/NORMAL/"))[1]
+    locked = patch_zip_member(chest_mendeley_zip, tmp_path / "locked.zip", member, flag_bits=0x1)
+    calls = []
+    monkeypatch.setattr(prepare, "decode_resized", lambda *a, **k: calls.append(1))
+    with pytest.raises(LayoutError, match=rf"locked.zip: 1 member is encrypted.*{member}.*password"):
+        _prepare(tmp_path, "chest_xray", locked, threads=threads)
+    assert not calls
+
+
+def test_deflate64_member_is_refused_before_decoding(chest_mendeley_zip, tmp_path):
+    with zipfile.ZipFile(chest_mendeley_zip) as zf:
+        member = sorted(n for n in zf.namelist() if n.startswith("chest_xray/train/PNEUMONIA/"))[0]
+    d64 = patch_zip_member(chest_mendeley_zip, tmp_path / "d64.zip", member, compress_type=9)
+    with pytest.raises(LayoutError, match=rf"d64.zip: 1 member is compressed with deflate64.*{member}"):
+        _prepare(tmp_path, "chest_xray", d64, threads=2)
+
+
+@pytest.mark.parametrize(
+    ("given_as", "made_as", "message"),
+    [
+        ("aptos", "chest_xray", r"pneumoniamnist.npz: .*1 channel.*2 classes.*PneumoniaMNIST.*as chest_xray"),
+        ("chest_xray", "aptos", r"retinamnist.npz: .*3 channels.*5 classes.*RetinaMNIST.*as aptos"),
+    ],
+)
+def test_medmnist_file_of_the_other_dataset_is_refused(tmp_path, given_as, made_as, message):
+    flag = {"chest_xray": "pneumoniamnist", "aptos": "retinamnist"}[made_as]
+    npz = make_medmnist_npz(tmp_path / f"{flag}.npz", dataset=made_as, n=(10, 5, 5))
+    with pytest.raises(LayoutError, match=message):
+        _prepare(tmp_path, given_as, npz)
+
+
+def test_medmnist_split_without_a_class_is_refused(tmp_path):
+    path = tmp_path / "retinamnist.npz"
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, labels in (("train", [0, 1, 2, 3, 4]), ("val", [0, 1, 2, 3, 4]), ("test", [0, 1, 2, 0, 1])):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.array(labels, np.uint8).reshape(-1, 1)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(LayoutError, match=r"retinamnist.npz: class 3 has no image in the test split"):
+        _prepare(tmp_path, "aptos", path)
+
+
+def _events_decoder(real):
+    """A decoder that reports per-image decisions, as imaging.decode_resized does with ``events``: every image
+    'rotated by EXIF', the images whose encoded size is even 'scaled by sBIT'."""
+
+    def decode(data, *, size, channels, mode="center_crop", events=None):
+        if events is not None:
+            events["exif_orientation_applied"] += 1
+            if len(data) % 2 == 0:
+                events["scaled_16bit_by_sbit"] += 1
+        return real(data, size=size, channels=channels, mode=mode)
+
+    return decode
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decoder_events_are_counted_into_the_notes(chest_kaggle_zip, tmp_path, monkeypatch, threads):
+    import dpmedbench.prepare as prepare
+
+    real = decode_resized
+    monkeypatch.setattr(prepare, "decode_resized", _events_decoder(real))
+    info = _prepare(tmp_path, "chest_xray", chest_kaggle_zip, threads=threads)
+    sources = [
+        s for split in ("train", "val", "test") for s in pd.read_csv(tmp_path / "out" / f"{split}.csv")["source"]
+    ]
+    with zipfile.ZipFile(chest_kaggle_zip) as zf:
+        even = sum(len(zf.read(s)) % 2 == 0 for s in sources)
+    assert 0 < even < len(sources)
+    notes = json.loads((tmp_path / "out" / "info.json").read_text())["notes"]
+    assert notes == info["notes"]
+    assert any(
+        n.startswith(f"{len(sources)} images rotated or mirrored upright by their EXIF orientation (train ")
+        for n in notes
+    ), notes
+    assert any(n.startswith(f"{even} images of 16 bits scaled to 8 by their significant bits") for n in notes), notes
+    assert not any("full range" in n for n in notes)
+
+
+def test_decoder_without_events_is_tolerated(aptos_zip, tmp_path, monkeypatch):
+    import dpmedbench.prepare as prepare
+
+    real = decode_resized
+
+    def old_decoder(data, *, size, channels, mode="center_crop"):
+        return real(data, size=size, channels=channels, mode=mode)
+
+    monkeypatch.setattr(prepare, "decode_resized", old_decoder)
+    info = _prepare(tmp_path, "aptos", aptos_zip, threads=2)
+    assert not any("EXIF" in n or "16 bits" in n for n in info["notes"])
+
+
+def test_real_decoder_events_reach_the_notes(chest_mendeley_zip, tmp_path):
+    """With imaging.decode_resized counting its decisions: one JPEG stored sideways with EXIF orientation 6."""
+    import inspect
+    import io
+
+    from PIL import Image
+
+    if "events" not in inspect.signature(decode_resized).parameters:
+        pytest.skip("imaging.decode_resized does not report events yet")
+    with zipfile.ZipFile(chest_mendeley_zip) as zf:
+        victim = sorted(n for n in zf.namelist() if n.startswith("chest_xray/test/NORMAL/I"))[0]
+        im = Image.open(io.BytesIO(zf.read(victim)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.transpose(Image.Transpose.ROTATE_90).save(buf, format="JPEG", exif=exif.tobytes())
+    sideways = rewrite_zip(chest_mendeley_zip, tmp_path / "exif.zip", {victim: buf.getvalue()})
+    info = _prepare(tmp_path, "chest_xray", sideways, threads=2)
+    assert "1 image rotated or mirrored upright by their EXIF orientation (train 0, val 0, test 1)" in info["notes"]
+
+
+def test_missing_archive_is_named(tmp_path):
+    with pytest.raises(LayoutError, match=r"gone.zip: no such file or folder, but .*source.json records it"):
+        _prepare(tmp_path, "aptos", tmp_path / "gone.zip", sha256="0" * 64)

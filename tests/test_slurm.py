@@ -32,6 +32,7 @@ EXPECTED_JOBS = {
     "evaluate": 3,
     "summary": 1,
     "tables": 1,
+    "data_table": 1,
     "figures": 1,
 }
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import zipfile
 from collections import Counter
 
 import numpy as np
 import pytest
 from dpmedbench.archive import Archive
 from dpmedbench.errors import LayoutError
-from dpmedbench.layouts import read_aptos, read_chest_xray
+from dpmedbench.layouts import Inventory, Record, read_aptos, read_chest_xray
 from dpmedbench.prepare import assign_splits
 from dpmedbench.splits import stratified_group_holdout, stratified_holdout
 from hypothesis import given, settings
@@ -108,3 +109,47 @@ def test_aptos_splits(aptos_zip):
         assert set(Counter(r.label for r in splits[s])) == set(range(5))
     ids = [r.group for s in splits.values() for r in s]
     assert len(ids) == len(set(ids)) == 50
+
+
+def test_official_val_with_one_class_is_refused(chest_kaggle_zip, tmp_path):
+    from .conftest import rewrite_zip
+
+    with zipfile.ZipFile(chest_kaggle_zip) as zf:
+        drop = {n: None for n in zf.namelist() if "/val/NORMAL/" in n}  # from the nested duplicate tree too
+    with Archive(rewrite_zip(chest_kaggle_zip, tmp_path / "oneval.zip", drop)) as arc:
+        inv = read_chest_xray(arc)
+    assign_splits("chest_xray", inv, seed=42, val_fraction=0.2)  # carving from the pool still works
+    with pytest.raises(LayoutError, match=r"class NORMAL .*val split.*train \d+, val 0, test 4.*official_val: train"):
+        assign_splits("chest_xray", inv, seed=42, val_fraction=0.2, official_val="val")
+
+
+def _aptos_inventory(per_grade):
+    records = [
+        Record(source=f"train_images/{g}-{i}.png", label=g, group=f"{g}-{i}", origin="train")
+        for g, n in enumerate(per_grade)
+        for i in range(n)
+    ]
+    return Inventory(records=records, classes=("0", "1", "2", "3", "4"))
+
+
+@pytest.mark.parametrize(
+    "per_grade",
+    [
+        [10, 10, 10, 1, 10],  # scikit-learn's raw ValueError before
+        [10, 10, 10, 2, 10],  # "single patient/group" before
+        [1805, 370, 999, 2, 295],  # silently a test split without grade 3 before
+    ],
+)
+def test_aptos_grade_too_rare_for_three_splits_is_refused(per_grade):
+    inv = _aptos_inventory(per_grade)
+    rare = per_grade[3]
+    with pytest.raises(LayoutError, match=rf"grade 3 has {rare} images? in train.csv.*at least 3 .*3: {rare}, 4:"):
+        assign_splits("aptos", inv, seed=42, val_fraction=0.1, test_fraction=0.2)
+
+
+def test_holdout_that_would_lose_a_class_is_refused():
+    labels = [0] * 40 + [1] * 3  # scikit-learn gives class 1 no test image here
+    with pytest.raises(LayoutError, match=r"rare: class 1 .*held-out side.*kept 3, held out 0"):
+        stratified_holdout(labels, fraction=0.1, seed=0, what="rare")
+    with pytest.raises(LayoutError, match=r"rare: class 1 has a single item"):
+        stratified_holdout([0, 0, 0, 1], fraction=0.5, seed=0, what="rare")

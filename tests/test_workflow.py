@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 from dpmedbench import synth
+from dpmedbench.fileio import source_digest
 
 from . import chromium
 from .conftest import clone, extract, rewrite_zip
@@ -168,6 +170,7 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
         "summary": 1,
         "tables": 1,
         "figures": 1,
+        "data_table": 1,  # the prepared data's info.json changed
     }
     assert {w.split(",")[0] for w in _wildcards(dry) if w.startswith("dataset=")} == {"dataset=aptos"}
     config["image_size"] = 44  # touches both datasets, but no download
@@ -181,6 +184,7 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
         "summary": 1,
         "tables": 1,
         "figures": 1,
+        "data_table": 1,
     }
 
 
@@ -312,7 +316,7 @@ def test_calibrated_audit_end_to_end(workdir):
         ("dpsgd.py", {"all": 1, "train": 6, "evaluate": 6, "summary": 1, "tables": 1, "figures": 1}),
         ("bookkeeping.py", {"all": 1, "train": 6, "evaluate": 6, "summary": 1, "tables": 1, "figures": 1}),
         # Plotting and table code: the tables and figures, nothing else.
-        ("report.py", {"all": 1, "tables": 1, "figures": 1}),
+        ("report.py", {"all": 1, "tables": 1, "figures": 1, "data_table": 1}),
         # Figure 2's code: Figure 2 only.
         ("figure2.py", {"all": 1, "figure2": 2}),
         # The evaluation metrics: every evaluation and the aggregates, no training.
@@ -465,6 +469,7 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
     expected = {f"results/figures/{name}.png" for name in figures}
     expected |= {f"results/figures/figure2_{d}.png" for d in ("chest_xray", "aptos")}
     expected |= {"results/summary.csv", "results/tables/main.csv", "results/tables/paper_comparison.csv"}
+    expected |= {"results/tables/data.csv"}
     expected |= {f"{c.relative_to(demo).as_posix()}/{f}" for c in cells for f in ("history.csv", "evaluation.json")}
 
     with chromium.Browser(binary) as browser:
@@ -491,3 +496,75 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
             shown = browser.evaluate(f"{_SHOW}('results/figures/{name}.png')")
             assert shown and shown[0] > 300 and shown[2] > 200, (name, shown)
         browser.screenshot(tmp_path / "report.png")
+
+
+def _local_chest(tmp_path: Path, name: str = "chest.zip", seed: int = 3) -> Path:
+    return synth.make_chest_archive(tmp_path / name, layout="mendeley", patients_per_class=4, seed=seed)
+
+
+def test_a_missing_local_archive_stops_the_run_whatever_exists(demo, tmp_path):
+    """The demo's data exist; naming a local archive that does not exist must not keep them ('~' expanded)."""
+    config = _demo_config(demo)
+    config["datasets"]["chest_xray"].update(source="local", archive="~/no-such-dir-dpmedbench/chest.zip")
+    proc = snakemake(demo, "-n", config=config, check=False)
+    assert proc.returncode != 0
+    expected = f"datasets.chest_xray.archive: {Path.home()}/no-such-dir-dpmedbench/chest.zip does not exist"
+    assert expected in proc.stderr and "Using '~'" not in proc.stderr
+    config["datasets"]["chest_xray"].update(source="demo", archive=str(tmp_path / "x.zip"))
+    proc = snakemake(demo, "-n", config=config, check=False)
+    assert proc.returncode != 0 and "source is 'demo', which ignores it" in proc.stderr
+
+
+def test_a_changed_local_archive_reruns_the_data_stage_whatever_its_mtime(workdir, tmp_path):
+    zipped = _local_chest(tmp_path)
+    folder = extract(_local_chest(tmp_path / "f", seed=5), tmp_path / "chest-folder")
+    target = "data/raw/chest_xray/source.json"
+    for archive in (zipped, folder):
+        config = {"image_size": 32, "model": {"crop": 28}, "datasets": {"chest_xray": {"source": "local"}}}
+        config["datasets"]["chest_xray"]["archive"] = str(archive)
+        config["datasets"]["aptos"] = {"enabled": False}
+        snakemake(workdir, target, config=config)
+        assert "Nothing to be done" in "".join(snakemake(workdir, "-n", target, config=config).stdout.splitlines()[-3:])
+        if archive.is_dir():  # edit one image, keep its mtime
+            image = sorted(archive.rglob("*.jpeg"))[0]
+            stat = image.stat()
+            image.write_bytes(image.read_bytes()[:-10] + b"0123456789")
+            os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        else:  # replace the zip by another one with an older mtime, as cp -p or mv would
+            other = _local_chest(tmp_path / "o", seed=9)
+            shutil.copyfile(other, archive)
+            os.utime(archive, (1_000_000_000, 1_000_000_000))
+        dry = snakemake(workdir, "-n", target, config=config)
+        assert _jobs(dry).get("fetch") == 1, dry.stdout[-2000:]
+        snakemake(workdir, target, config=config)
+        assert json.loads((workdir / target).read_text())["sha256"] == (source_digest(archive)["sha256"])
+
+
+def test_betas_get_exact_labels_and_unconfigured_targets_are_refused(demo):
+    config = _demo_config(demo)
+    config["betas"] = [1, 1.0000001]
+    dry = snakemake(demo, "-n", config=config)
+    betas = {part for w in _wildcards(dry) for part in w.split(", ") if part.startswith("beta=")}
+    assert betas == {"beta=1.0000001"}  # beta 1 exists already; the new beta is a cell of its own, not rounded
+    jobs = _jobs(dry)
+    assert jobs["ldp_copy"] == 2 and jobs["train"] == 4  # per dataset: its copy, an ldp and a dpsgd cell
+    for path, message in (
+        ("results/cells/chest_xray/dpsgd/beta3/seed0/metrics.json", "beta3 is not a configured dpsgd cell"),
+        ("results/cells/chest_xray/ldp/beta0/seed0/metrics.json", "beta0 is not a configured ldp cell"),
+        ("data/ldp/aptos/beta1.23457/privacy.json", "beta1.23457 is not a configured ldp cell"),
+    ):
+        proc = snakemake(demo, "-n", path, "--configfile", "config/demo.yaml", check=False)
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, (path, proc.stderr[-2000:])
+
+
+def test_every_cell_and_the_report_say_which_data_they_came_from(demo):
+    summary = pd.read_csv(demo / "results" / "summary.csv")
+    assert (summary["data_source"] == "demo").all() and summary["data_synthetic"].all()
+    assert summary["data_sha256"].str.fullmatch("[0-9a-f]{64}").all()
+    metrics = json.loads((demo / "results/cells/chest_xray/none/beta0/seed0/metrics.json").read_text())
+    assert (
+        metrics["data"]["description"].startswith("synthetic demo images")
+        and "not real data" in (metrics["data"]["description"])
+    )
+    table = (demo / "results" / "tables" / "data.md").read_text()
+    assert "synthetic demo images" in table and "Kermany 2018 paediatric" not in table

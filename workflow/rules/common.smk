@@ -7,12 +7,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 # Light modules only (standard library, jsonschema, yaml): this runs whenever Snakemake builds the job graph.
 from dpmedbench.config import (  # noqa: E402
     canonical,
+    check_local_archives,
     dpsgd_settings,
     enabled_datasets,
     validate_config,
 )
 from dpmedbench.digest import code_digest, script_digest, script_modules  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
+from dpmedbench.fileio import cached_source_digest  # noqa: E402
 from dpmedbench.names import (  # noqa: E402
     CELL_DIR,
     MECHANISMS,
@@ -26,6 +28,7 @@ from dpmedbench.weights import RESNET18_URL  # noqa: E402
 
 try:
     validate_config(config)
+    check_local_archives(config)
 except ConfigError as exc:
     sys.exit(f"dp-medbench: {exc}")
 
@@ -57,6 +60,7 @@ EVALUATE_CODE = script_digest(SCRIPTS / "evaluate.py")
 SUMMARY_CODE = script_digest(SCRIPTS / "summary.py")
 TABLES_CODE = script_digest(SCRIPTS / "tables.py")
 FIGURES_CODE = script_digest(SCRIPTS / "figures.py")
+DATA_TABLE_CODE = script_digest(SCRIPTS / "datatable.py")
 # Settings that change only speed, memory or where a job runs reach the jobs as resources, not params, so
 # changing them reruns nothing (SPEED_ONLY in dpmedbench/settings.py lists them).
 DEVICE = config["device"]
@@ -93,12 +97,41 @@ def local_archive(wildcards):
     return [ds["archive"]] if ds["source"] == "local" else []
 
 
+# Digests of local archives, remembered by what identifies each cheaply (size, times, inode; per file for a
+# folder): an unchanged archive is not read again, a changed one is hashed anew. Delete the file to re-hash all.
+ARCHIVE_DIGESTS = ".snakemake/dpmedbench/archive-digests.json"
+
+
+def local_archive_digest(wildcards):
+    """The content digest of a local archive, as a param: a replaced or edited archive reruns the data stage
+    whatever its modification time (Snakemake compares only those)."""
+    ds = config["datasets"][wildcards.dataset]
+    if ds["source"] != "local":
+        return ""
+    return cached_source_digest(ds["archive"], ARCHIVE_DIGESTS)["sha256"]
+
+
+def checked_beta(wildcards):
+    """The beta of a target, refused with a message unless it is one of the configured betas (or 0 for the
+    'none' cell): a mistyped or rounded target must not quietly build a cell nobody configured.
+    """
+    mechanism = getattr(wildcards, "mechanism", "ldp")
+    allowed = ["0"] if mechanism == "none" else BETA_LABELS
+    if wildcards.beta not in allowed:
+        raise ValueError(
+            f"dp-medbench: beta{wildcards.beta} is not a configured {mechanism} cell: betas are "
+            f"{', '.join(BETA_LABELS)} (paths use exactly these labels), and 'none' uses beta0"
+        )
+    return float(wildcards.beta)
+
+
 def prepare_settings(wildcards):
     ds = config["datasets"][wildcards.dataset]
     return canonical({key: ds[key] for key in PREPARE_KEYS[wildcards.dataset]})
 
 
 def ldp_settings(wildcards):
+    checked_beta(wildcards)
     return canonical(config["datasets"][wildcards.dataset]["ldp"])
 
 
@@ -157,6 +190,7 @@ def cell_outputs():
     )
     return [f"{cell_dir(*c)}/metrics.json" for c in cells()] + [
         "results/summary.csv",
+        "results/tables/data.csv",
         *tables_and_figures,
     ]
 
@@ -210,10 +244,8 @@ def train_inputs(wildcards):
         )
     else:
         inputs.update(train=f"{prepared}/train.npy", val=f"{prepared}/val.npy")
-    if (
-        wildcards.mechanism == "dpsgd"
-    ):  # where the data came from: are its groups patients?
-        inputs["info"] = f"{prepared}/info.json"
+    # Which data it is (metrics.json says so) and whether its groups are patients.
+    inputs["info"] = f"{prepared}/info.json"
     if config["model"]["pretrained"]:
         inputs["weights"] = config["model"]["weights"] or WEIGHTS_DEFAULT
     return inputs
@@ -246,13 +278,12 @@ def _result_keys(section, values=None):
 def cell_settings(wildcards, seed):
     """What decides a cell's result; speed-only settings (SPEED_ONLY) are left out."""
     mechanism = wildcards.mechanism
+    checked_beta(wildcards)
     model = {k: v for k, v in _result_keys("model").items() if k != "weights"}
     if (
         mechanism == "dpsgd"
     ):  # DP-SGD chunks by dpsgd.max_physical_batch, with no batch statistics
         model.pop("max_physical_batch", None)
-    if mechanism != "none" and float(wildcards.beta) <= 0:
-        raise ValueError(f"{mechanism} cells need beta > 0, got {wildcards.beta}")
     cell = {
         "dataset": wildcards.dataset,
         "mechanism": mechanism,

@@ -17,6 +17,7 @@ rule fetch:
         "../../envs/data.yaml"
     params:
         settings=fetch_settings,
+        archive_sha256=local_archive_digest,
         seed=config["seed"],
         code=FETCH_CODE,
     script:

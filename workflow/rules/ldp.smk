@@ -16,7 +16,7 @@ rule ldp_copy:
     resources:
         chunk_images=LDP_CHUNK_IMAGES,
     params:
-        beta=lambda wildcards: float(wildcards.beta),
+        beta=checked_beta,
         settings=ldp_settings,
         seed=config["seed"],
         noise_source=config["ldp"]["noise_source"],
@@ -29,6 +29,7 @@ rule ldp_copy:
 rule figure2:
     input:
         clean="data/prepared/{dataset}/train.npy",
+        info="data/prepared/{dataset}/info.json",
         copies=expand("data/ldp/{{dataset}}/beta{beta}/train.npy", beta=BETA_LABELS),
         privacy=expand("data/ldp/{{dataset}}/beta{beta}/privacy.json", beta=BETA_LABELS),
     output:

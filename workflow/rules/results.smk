@@ -110,3 +110,25 @@ rule figures:
         code=FIGURES_CODE,
     script:
         "../scripts/figures.py"
+
+
+rule data_table:
+    input:
+        expand("data/prepared/{dataset}/info.json", dataset=DATASETS),
+    output:
+        csv=report(
+            "results/tables/data.csv",
+            caption="../report/table_data.rst",
+            category="Overview",
+            subcategory="Tables",
+        ),
+        md="results/tables/data.md",
+    log:
+        "logs/data_table.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        datasets=DATASETS,
+        code=DATA_TABLE_CODE,
+    script:
+        "../scripts/datatable.py"

@@ -13,6 +13,7 @@ run_logged(
     figure2,
     dataset=snakemake.wildcards.dataset,  # noqa: F821
     clean_npy=snakemake.input.clean,  # noqa: F821
+    data_info=snakemake.input.info,  # noqa: F821
     copies=list(snakemake.input.copies),  # noqa: F821
     privacy_jsons=list(snakemake.input.privacy),  # noqa: F821
     index=snakemake.params.index,  # noqa: F821

@@ -7,6 +7,7 @@ problem at once with the dotted path of the offending key.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
     (256, 0.2)
     """
     schema = load_schema() if schema is None else schema
+    _normalise(config)
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -85,6 +87,30 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
     return config
 
 
+def _normalise(config: dict[str, Any]) -> None:
+    """Expand ``~`` and environment variables in archive paths (Snakemake refuses ``~`` in paths) and lower-case
+    SHA-256 digests, before validation."""
+    for ds in (config.get("datasets") or {}).values():
+        if not isinstance(ds, dict):
+            continue
+        if isinstance(ds.get("archive"), str):
+            ds["archive"] = os.path.expandvars(os.path.expanduser(ds["archive"]))
+        if isinstance(ds.get("sha256"), str):
+            ds["sha256"] = ds["sha256"].strip().lower()
+
+
+def check_local_archives(config: Mapping[str, Any]) -> None:
+    """Every enabled dataset with source 'local' names an archive that exists; checked before any job, since
+    Snakemake would otherwise skip a fetch whose earlier outputs exist and keep data from another source."""
+    for name in enabled_datasets(config):
+        ds = config["datasets"][name]
+        if ds["source"] == "local" and not Path(ds["archive"]).exists():
+            raise ConfigError(
+                f"invalid configuration:\n  datasets.{name}.archive: {ds['archive']} does not exist; give the path "
+                f"of the downloaded zip (or .npz) or of the folder it was extracted to"
+            )
+
+
 def _check_semantics(config: Mapping[str, Any]) -> None:
     """Rules a JSON schema cannot express."""
     datasets = config["datasets"]
@@ -96,6 +122,11 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
     if not any(d["enabled"] for d in datasets.values()):
         raise ConfigError("invalid configuration:\n  datasets: every dataset is disabled; enable at least one")
     for name, ds in datasets.items():
+        if ds["enabled"] and ds["source"] != "local" and ds["archive"]:
+            raise ConfigError(
+                f"invalid configuration:\n  datasets.{name}.archive is set ({ds['archive']}) but source is "
+                f"'{ds['source']}', which ignores it: set source: local to use the archive, or remove archive"
+            )
         if ds["enabled"] and "dpsgd" in config["mechanisms"]:
             _check_privacy_unit(name, ds, dpsgd_settings(config, name))
         if ds["enabled"] and ds["source"] == "local" and not ds["archive"]:

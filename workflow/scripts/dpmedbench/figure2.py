@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import numpy as np
 
 from .fileio import atomic_outputs
 from .ldp import MECHANISMS, decode_stored, noisy_batch
+from .names import data_provenance
 
-_TITLES = {"chest_xray": "Chest X-ray (Kermany 2018)", "aptos": "APTOS 2019 fundus"}
+_NAMES = {"chest_xray": "chest X-ray", "aptos": "fundus"}
 
 
 def _panel_title(beta: float, privacy: dict) -> str:
@@ -48,13 +50,15 @@ def figure2(
     index: int,
     seed: int,
     outputs: Sequence[str | os.PathLike[str]],
+    data_info: str | os.PathLike[str] | None = None,
 ) -> None:
     """The paper's Figure 2 for one dataset: training image ``index`` clean and at each beta, one row per
     Local-DP mechanism.
 
     The row of the configured mechanism shows the materialised copies (``copies``, one train ``.npy`` per
     beta, in the order of ``privacy_jsons``); the other mechanisms' rows are drawn with the same seeded
-    sampler for comparison and say so. Noisy values are shown clipped to [0, 1].
+    sampler for comparison and say so. Noisy values are shown clipped to [0, 1]. ``data_info``: the prepared
+    data's ``info.json``, whose source the title names (synthetic demo images are never called Kermany's).
     """
     clean = np.load(clean_npy, mmap_mode="r")
     if not 0 <= index < len(clean):
@@ -67,7 +71,7 @@ def figure2(
     fig, axes = plt.subplots(
         len(mechanisms),
         len(betas) + 1,
-        figsize=(2.3 * (len(betas) + 1), 2.6 * len(mechanisms) + 0.6),
+        figsize=(2.3 * (len(betas) + 1), 3.0 * len(mechanisms) + 0.8),
         squeeze=False,
     )
     cmap = "gray" if image.shape[-1] == 1 else None
@@ -83,13 +87,16 @@ def figure2(
         titles = ["clean"] + [_panel_title(beta, record) for beta, record in zip(betas, privacy, strict=True)]
         source = "materialised copy" if mechanism == configured else "drawn for comparison"
         _draw_row(axes[row], panels, titles, f"{mechanism}\n({source})", cmap)
+    what = data_provenance(dataset, json.loads(Path(data_info).read_text()))["description"] if data_info else dataset
     fig.suptitle(
-        f"{_TITLES.get(dataset, dataset)}: training image {index}, clean and with Local-DP noise "
-        "(noisy values shown clipped to [0, 1]; ε, where one exists, is pure ε-DP with δ = 0)",
+        textwrap.fill(
+            f"{_NAMES.get(dataset, dataset)} training image {index} ({what}), clean and with Local-DP noise", 100
+        )
+        + "\nnoisy values shown clipped to [0, 1]; ε, where one exists, is pure ε-DP with δ = 0",
         fontsize=9,
     )
     fig.tight_layout()
     with atomic_outputs(*outputs) as tmps:
         for tmp, final in zip(tmps, outputs, strict=True):
-            fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=150)
+            fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=150, bbox_inches="tight")
     plt.close(fig)

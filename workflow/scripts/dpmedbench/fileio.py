@@ -10,22 +10,49 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+_HOST = socket.gethostname().replace("-", "_") or "host"
 
 
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by a process of this host that no longer runs (a job killed by
+    SIGKILL, an out-of-memory kill); those of live processes, or of other hosts sharing the file system, stay.
+    Returns what it removed."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
+        if host in (_HOST, "") and pid.isdigit() and not _alive(int(pid)):  # "": written before hosts were named
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_outputs(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
     """Yield temporary paths for ``paths``; rename them all into place only if the block succeeds.
 
-    On any exception every temporary file is removed and no final path is touched. Example::
+    On any exception every temporary file is removed and no final path is touched. Temporaries that a killed
+    earlier run left for the same paths are removed first (:func:`remove_stale_temporaries`). Example::
 
         with atomic_outputs("train.npy", "train.csv") as (npy, csv):
             with open(npy, "wb") as fh:  # np.save(path) would append ".npy" to the temporary name
@@ -36,6 +63,7 @@ def atomic_outputs(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
     tmps = [_tmp_name(p) for p in finals]
     for p in finals:
         p.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(p)
     try:
         yield tmps
         for tmp, final in zip(tmps, finals, strict=True):
@@ -80,3 +108,36 @@ def source_digest(path: str | os.PathLike[str]) -> dict[str, str]:
     if path.is_dir():
         return {"sha256": tree_digest(path), "sha256_of": "folder listing (sha256sum of every file, sorted)"}
     return {"sha256": file_digest(path), "sha256_of": "file"}
+
+
+def _stat_key(path: Path) -> list:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def identity_key(path: str | os.PathLike[str]) -> str:
+    """What identifies an archive cheaply: size, modification and change times and inode of the file, or of
+    every file of a folder with its relative path. Any write, replacement (``cp -p``, ``mv``, ``unzip`` included:
+    they cannot keep the change time) or added, removed or renamed file changes it."""
+    path = Path(path).resolve()
+    if path.is_dir():
+        listing = [[p.relative_to(path).as_posix(), *_stat_key(p)] for p in sorted(path.rglob("*")) if p.is_file()]
+    else:
+        listing = [_stat_key(path)]
+    return hashlib.sha256(json.dumps([str(path), listing]).encode()).hexdigest()
+
+
+def cached_source_digest(path: str | os.PathLike[str], cache: str | os.PathLike[str]) -> dict[str, str]:
+    """:func:`source_digest` of an archive, remembered in the JSON file ``cache`` under its :func:`identity_key`:
+    an unchanged archive is not read again; any change to it is hashed anew."""
+    cache = Path(cache)
+    key = identity_key(path)
+    try:
+        known = json.loads(cache.read_text())
+    except (FileNotFoundError, ValueError):
+        known = {}
+    if key not in known:
+        known = {k: v for k, v in known.items() if v.get("path") != str(Path(path).resolve())}
+        known[key] = {**source_digest(path), "path": str(Path(path).resolve())}
+        write_json(cache, known)
+    return {k: known[key][k] for k in ("sha256", "sha256_of")}

@@ -54,8 +54,14 @@ MEDMNIST = {
 }
 
 
-def load_npz(path: str, n_classes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{split: (images uint8 (N, H, W, C), labels int64 (N,))}`` from a MedMNIST ``.npz``."""
+#: What each MedMNIST+ file holds, beyond its classes: for the message that names a file given as the wrong dataset.
+TITLES = {"pneumoniamnist": "PneumoniaMNIST", "retinamnist": "RetinaMNIST"}
+CHANNELS = {"pneumoniamnist": 1, "retinamnist": 3}
+
+
+def load_npz(path: str, n_classes: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{split: (images uint8 (N, H, W, C), labels int64 (N,))}`` from a MedMNIST ``.npz``; with ``n_classes``,
+    labels outside ``0..n_classes - 1`` are refused (:func:`load_dataset` checks more, and says more)."""
     try:
         npz = np.load(path)
     except Exception as exc:
@@ -74,7 +80,60 @@ def load_npz(path: str, n_classes: int) -> dict[str, tuple[np.ndarray, np.ndarra
                     f"{path}: {keys[0]} must be uint8 (N, H, W[, C]) matching {keys[1]}; "
                     f"got {images.dtype} {images.shape} and {labels.shape}"
                 )
-            if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-                raise LayoutError(f"{path}: {keys[1]} holds labels outside 0..{n_classes - 1}")
+            if len(labels) and (labels.min() < 0 or (n_classes is not None and labels.max() >= n_classes)):
+                upper = "" if n_classes is None else f"..{n_classes - 1}"
+                raise LayoutError(f"{path}: {keys[1]} holds labels outside 0{upper}")
             out[split] = (images, labels)
     return out
+
+
+def _channels(n: int) -> str:
+    return {1: "greyscale (1 channel)", 3: "RGB (3 channels)"}.get(n, f"{n} channels")
+
+
+def _shape(data: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[set[int], list[int]]:
+    """The channel counts and the sorted labels found in a loaded file."""
+    channels = {int(images.shape[-1]) for images, _ in data.values()}
+    labels = sorted(set(np.concatenate([labels for _, labels in data.values()]).tolist()))
+    return channels, labels
+
+
+def _refuse_other_dataset(dataset: str, path: str, data: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Refuse a file whose channels or classes are not those of ``dataset``'s MedMNIST file, naming the dataset
+    it looks like: PneumoniaMNIST given as ``aptos`` would otherwise become 5 grades, 3 of them empty."""
+    meta = MEDMNIST[dataset]
+    channels, labels = _shape(data)
+    if channels == {CHANNELS[meta.flag]} and labels == list(range(len(meta.classes))):
+        return
+    found = f"{' and '.join(_channels(c) for c in sorted(channels))} images of {len(labels)} classes (labels {labels})"
+    expected = f"{_channels(CHANNELS[meta.flag])}, {len(meta.classes)} classes {list(meta.classes)}"
+    like = [
+        other
+        for other, info in MEDMNIST.items()
+        if other != dataset and channels == {CHANNELS[info.flag]} and labels == list(range(len(info.classes)))
+    ]
+    right = f"{TITLES[meta.flag]} ({meta.filename(224)} or another size)"
+    what = (
+        f"this looks like {TITLES[MEDMNIST[like[0]].flag]}: give it as {like[0]} (datasets.{like[0]}), "
+        f"and {right} as {dataset}"
+        if like
+        else f"give {right} as {dataset} (datasets.{dataset})"
+    )
+    raise LayoutError(f"{path}: {found}, but the {dataset} dataset is {TITLES[meta.flag]} ({expected}); {what}")
+
+
+def load_dataset(dataset: str, path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`load_npz` for ``dataset``, refusing a file of the other dataset and an official split without an
+    image of some class."""
+    data = load_npz(path)
+    _refuse_other_dataset(dataset, path, data)
+    classes = MEDMNIST[dataset].classes
+    for split, (_, labels) in data.items():
+        counts = np.bincount(labels, minlength=len(classes))
+        if missing := [cls for cls, n in zip(classes, counts, strict=True) if n == 0]:
+            per_class = ", ".join(f"{cls}: {n}" for cls, n in zip(classes, counts.tolist(), strict=True))
+            raise LayoutError(
+                f"{path}: class {missing[0]} has no image in the {split} split (images per class: {per_class}); "
+                f"the official {TITLES[MEDMNIST[dataset].flag]} splits hold every class: download the file again"
+            )
+    return data

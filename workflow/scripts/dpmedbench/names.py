@@ -24,14 +24,19 @@ PLAN_MODULES = {"none": "plans", "ldp": "plans", "dpsgd": "dpplan"}
 
 
 def beta_label(beta: float) -> str:
-    """How a beta appears in paths: ``1`` for 1.0, ``0.5`` for 0.5 (``f"{beta:g}"``).
+    """How a beta appears in paths: exact (the shortest text that reads back as the same number), without a
+    trailing ``.0``, so two different betas never share a label and a label never rounds its beta.
 
-    >>> beta_label(1.0), beta_label(0.5), beta_label(4)
-    ('1', '0.5', '4')
+    >>> beta_label(1.0), beta_label(0.5), beta_label(4), beta_label(1.0000001), beta_label(1.23456789)
+    ('1', '0.5', '4', '1.0000001', '1.23456789')
+    >>> float(beta_label(1e-7)) == 1e-7
+    True
     """
+    beta = float(beta)
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}")
-    return f"{beta:g}"
+    text = repr(beta)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def is_medmnist(source: Mapping[str, Any]) -> bool:
@@ -51,3 +56,35 @@ def groups_are_patients(dataset: str, source: Mapping[str, Any]) -> bool:
     False
     """
     return dataset == "chest_xray" and not is_medmnist(source)
+
+
+#: What each source holds, in words: never call synthetic images "Kermany 2018", nor RetinaMNIST "APTOS 2019".
+_DATA = {
+    ("chest_xray", "demo"): "synthetic demo images in the layout of the Kermany chest X-ray archive, not real data",
+    ("aptos", "demo"): "synthetic demo images in the layout of the APTOS 2019 archive, not real data",
+    ("chest_xray", "medmnist"): "PneumoniaMNIST (Kermany 2018 chest X-rays, MedMNIST's resized copy)",
+    ("aptos", "medmnist"): "RetinaMNIST (DeepDRiD fundus photographs, MedMNIST; a stand-in, not APTOS 2019)",
+    ("chest_xray", "archive"): "Kermany 2018 paediatric chest X-rays",
+    ("aptos", "archive"): "APTOS 2019 Blindness Detection fundus photographs",
+}
+
+
+def data_provenance(dataset: str, info: Mapping[str, Any]) -> dict[str, Any]:
+    """Which data a prepared dataset is, from its ``info.json``: the source, the digest of what was read, and in
+    words whether these are synthetic demo images, a MedMNIST stand-in or the real archive.
+
+    >>> p = data_provenance("chest_xray", {"source": {"source": "demo", "path": "x.zip", "sha256": "ab"}})
+    >>> p["description"].startswith("synthetic"), p["synthetic"], p["sha256"]
+    (True, True, 'ab')
+    """
+    source = info["source"]
+    kind = "medmnist" if is_medmnist(source) else ("demo" if source["source"] == "demo" else "archive")
+    read = info.get("read") or {}
+    return {
+        "source": source["source"],
+        "description": _DATA[(dataset, kind)],
+        "synthetic": kind == "demo",
+        "sha256": read.get("sha256") or source.get("sha256"),
+        "sha256_of": read.get("sha256_of") or source.get("sha256_of"),
+        "path": source.get("path"),
+    }

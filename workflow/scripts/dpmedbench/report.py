@@ -207,6 +207,41 @@ def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], pa
     )
 
 
+def write_data_table(*, infos: Mapping[str, str | os.PathLike[str]], outputs: Sequence[str]) -> pd.DataFrame:
+    """``results/tables/data`` (.csv, .md): which data each dataset of the run is (synthetic demo images, a
+    MedMNIST stand-in or the real archive), where it came from and the SHA-256 of what was read, from each
+    prepared dataset's ``info.json``."""
+    import json
+
+    from .names import data_provenance
+
+    rows = []
+    for dataset, path in infos.items():
+        info = json.loads(Path(path).read_text())
+        p = data_provenance(dataset, info)
+        counts = info.get("counts", {})
+        rows.append(
+            {
+                "dataset": dataset,
+                "data": p["description"],
+                "source": p["source"],
+                "synthetic": p["synthetic"],
+                "images (train/val/test)": "/".join(
+                    str(sum(counts.get(s, {}).values())) for s in ("train", "val", "test")
+                ),
+                "sha256": p["sha256"],
+                "sha256 of": p["sha256_of"],
+                "archive": p["path"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    caption = "Data of this run: which images each dataset is, where they came from, and the SHA-256 of what was read."
+    with atomic_outputs(*outputs) as (csv_tmp, md_tmp):
+        table.to_csv(csv_tmp, index=False)
+        md_tmp.write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+    return table
+
+
 # ------------------------------------------------------------------------------------------------- figures
 def _save(fig: plt.Figure, outputs: Sequence[str | os.PathLike[str]], dpi: int) -> None:
     with atomic_outputs(*outputs) as tmps:

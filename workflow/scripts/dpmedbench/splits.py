@@ -58,15 +58,46 @@ def stratified_group_holdout(
             taken.pop()
         for g in taken:
             held[members[g]] = True
+    check_both_sides(labels, held, what=what)  # a class only ever in the minority of its groups' images
     return held
 
 
-def stratified_holdout(labels: Sequence[int], *, fraction: float, seed: int) -> np.ndarray:
+def check_both_sides(labels: Sequence[int], held: np.ndarray, *, what: str) -> None:
+    """Raise :class:`LayoutError` when a class of ``labels`` is on one side of the ``held`` mask only.
+
+    >>> check_both_sides([0, 0, 1, 1], np.array([True, False, True, True]), what="demo")
+    Traceback (most recent call last):
+    ...
+    dpmedbench.errors.LayoutError: demo: class 1 would be missing from the kept side of the split (kept 0, held out 2)
+    """
+    labels = np.asarray(labels)
+    for label in sorted(set(labels.tolist())):
+        kept, out = int((~held[labels == label]).sum()), int(held[labels == label].sum())
+        if not kept or not out:
+            side = "kept" if not kept else "held-out"
+            raise LayoutError(
+                f"{what}: class {label} would be missing from the {side} side of the split "
+                f"(kept {kept}, held out {out})"
+            )
+
+
+def stratified_holdout(labels: Sequence[int], *, fraction: float, seed: int, what: str = "data") -> np.ndarray:
     """Boolean mask of a stratified held-out part, exactly as scikit-learn's
     ``train_test_split(range(n), test_size=fraction, stratify=labels, random_state=seed)``: with the
-    APTOS ``train.csv`` order, 0.2 and 42 this is the authors' split (2929 train / 733 test)."""
+    APTOS ``train.csv`` order, 0.2 and 42 this is the authors' split (2929 train / 733 test).
+
+    Raises :class:`LayoutError` (naming ``what``) when a class has a single item, or when the split would leave
+    a class on one side only, as scikit-learn does for a rare class and a small ``fraction``.
+    """
+    counts = Counter(np.asarray(labels).tolist())
+    if single := sorted(label for label, n in counts.items() if n < 2):
+        raise LayoutError(
+            f"{what}: class {single[0]} has a single item, so a stratified split cannot put it on both sides "
+            f"(items per class: {dict(sorted(counts.items()))})"
+        )
     idx = np.arange(len(labels))
     _, test_idx = train_test_split(idx, test_size=fraction, stratify=np.asarray(labels), random_state=seed)
     mask = np.zeros(len(labels), dtype=bool)
     mask[test_idx] = True
+    check_both_sides(labels, mask, what=what)
     return mask

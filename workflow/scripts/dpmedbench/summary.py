@@ -18,6 +18,9 @@ COLUMNS = (
     "mechanism",
     "beta",
     "seed",
+    "data_source",
+    "data_synthetic",
+    "data_sha256",
     "epsilon",
     "delta",
     "accountant",
@@ -65,6 +68,9 @@ def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str
     lira = evaluation["audit"].get("lira", {})
     return {
         **metrics["cell"],
+        "data_source": (metrics.get("data") or {}).get("source"),
+        "data_synthetic": (metrics.get("data") or {}).get("synthetic"),
+        "data_sha256": (metrics.get("data") or {}).get("sha256"),
         **privacy,
         "epochs": metrics["config"]["epochs"],
         "train_acc": metrics["train_acc"],

@@ -28,7 +28,7 @@ from .checkpoint import RunState, load_resume, save_resume, write_outputs
 from .errors import TrainingError
 from .loop import fit
 from .models import build_resnet18
-from .names import groups_are_patients
+from .names import data_provenance, groups_are_patients
 from .plans import Plan, Streams, TrainingData, plan_for
 from .runtime import Interrupted, StopFlag, cpu_threads, derive_seed, pick_device, scheduler_record, versions
 from .settings import CellConfig, DPSettings
@@ -96,17 +96,13 @@ def train_cell(
             stop=stop,
         )
     metrics = cell_metrics(config, state, plan, classes=classes, n=len(splits["train"]), device=device)
+    metrics["data"] = data_provenance(config.dataset, json.loads(Path(data_info).read_text())) if data_info else None
     metrics.update(train_subset=train_subset is not None, seconds_this_run=round(time.perf_counter() - started, 2))
     meta = {"classes": classes, "norm": plan.norm, "crop": config.crop, "normalize": config.normalize}
     write_outputs(out, state=state, model=model, plan=plan, meta=meta, metrics=metrics)
-    best = state.best_row
     log.info(
         "best epoch %d: val acc %.4f, test acc %.4f; best test acc over epochs %.4f (epoch %d, optimistic)",
-        best["epoch"],
-        best["val_acc"],
-        best["test_acc"],
-        metrics["test_acc_max"],
-        metrics["test_acc_max_epoch"],
+        *(metrics[k] for k in ("best_epoch", "val_acc", "test_acc", "test_acc_max", "test_acc_max_epoch")),
     )
     return metrics
 
