@@ -1,12 +1,15 @@
 # dp-medbench: the two set-up commands of the README, plus lint and benchmarks.
 #   make demo   install into .venv, run the workflow on the built-in demo, write results/report.html
 #   make test   install into .venv and run lint + the whole test suite (what CI runs)
+#   make check  what a run of CONFIG (default config.yaml) still needs, checked in seconds before any job
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= all
 
-.PHONY: install demo test lint bench clean
+CONFIG ?= config.yaml
+
+.PHONY: install demo test lint bench clean check
 
 install: $(VENV)/.installed
 
@@ -24,6 +27,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules/
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
+
+# Pre-flight: what a run of $(CONFIG) still needs (credentials, archives, weights, disk, GPU), in seconds.
+check: install
+	PYTHONPATH=workflow/scripts $(BIN)/python -m dpmedbench.preflight --configfile $(CONFIG)
 
 test: lint
 	$(BIN)/python -m pytest

@@ -18,6 +18,15 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/results.smk"
 
 
+# The end of a run: the main results and where everything is, or what failed and what to do.
+onsuccess:
+    print(on_success(".", [os.path.relpath(c) for c in workflow.overwrite_configfiles]))
+
+
+onerror:
+    print(on_error(".", STARTED))
+
+
 rule all:
     default_target: True
     input:

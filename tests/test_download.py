@@ -204,3 +204,18 @@ def test_kaggle_download_uses_the_right_handle_and_folder(tmp_path):
     assert kaggle_download("chest_xray", tmp_path / "k", client=client) == tmp_path / "k"
     assert calls == [("paultimothymooney/chest-xray-pneumonia", str(tmp_path / "k"))]
     assert kaggle.KAGGLE["aptos"] == ("competition", "aptos2019-blindness-detection")
+
+
+def test_weights_offline_say_how_to_run_without_them(tmp_path):
+    """No network: the weights rule fails fast and names the two ways out (a local file, no pretraining)."""
+    import socket
+
+    from dpmedbench.weights import WeightsError, fetch_weights
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(WeightsError) as info:
+        fetch_weights(url=f"http://127.0.0.1:{port}/resnet18-f37072fd.pth", dest=tmp_path / "w.pth", backoff=0)
+    assert "model.weights: <its path>" in str(info.value) and "model.pretrained: false" in str(info.value)
+    assert not (tmp_path / "w.pth").exists()

@@ -103,6 +103,7 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
     row = rows[0]
     assert row["mechanism"] == mechanism and row["test_acc"] == metrics["test_acc"]
     assert row["audit_auc"] == headline["auc"]
+    assert 0 <= row["audit_epsilon_lb"] <= row["audit_epsilon_ceiling"] and row["audit_lira_epsilon_lb"] is not None
     assert row["audit_lira_auc"] == lira["auc"] and row["audit_lira_references"] == 2
     if mechanism == "dpsgd":
         assert row["accountant"] == "prv" and row["epsilon"] <= 2.0 + 0.02 and row["steps"] == 6
@@ -120,3 +121,58 @@ def test_evaluation_imports_neither_training_nor_dp_sgd():
     closure = set(module_closure("evaluate"))
     assert {"tensors", "runtime", "models", "audit", "metrics"} <= closure
     assert not closure & {"train", "loop", "plans", "dpplan", "dpsgd", "bookkeeping", "checkpoint"}
+
+
+def test_an_audit_above_the_accounted_epsilon_stops_the_evaluation():
+    from dpmedbench.errors import TrainingError
+    from dpmedbench.evaluate import _check_against_accountant, audit_delta
+
+    privacy = {"mechanism": "dpsgd", "epsilon": 1.0, "delta": 1e-4, "accountant": "prv"}
+    cell = {"dataset": "chest_xray", "mechanism": "dpsgd", "beta": 1.0, "seed": 0}
+    _check_against_accountant({"members": {"epsilon": {"epsilon_lb": 0.4}}}, privacy, cell)
+    with pytest.raises(TrainingError, match="lower bound 1.700 exceeds the accounted epsilon 1.000"):
+        _check_against_accountant({"members": {"epsilon": {"epsilon_lb": 1.7}}}, privacy, cell)
+    _check_against_accountant(
+        {"members": {"epsilon": {"epsilon_lb": 9.0}}}, {"mechanism": "none", "epsilon": None}, cell
+    )
+    assert audit_delta(privacy) == 1e-4 and audit_delta({"delta": 0.0}) == 0.0 and audit_delta({}) == 1e-5
+
+
+@pytest.mark.parametrize(("sigma", "memorises"), [(0.0, True), (100.0, False)])
+def test_one_run_canary_audit_sees_memorisation_and_only_memorisation(tmp_path, sigma, memorises):
+    """DP-SGD with 160 canaries among 320 images through train_cell and evaluate_cell. With no noise (sigma = 0)
+    the model fits the canaries' wrong labels and the audit certifies a clearly positive epsilon; with
+    sigma = 100 it cannot, and the bound stays near 0. The final model is audited (``last.pt``: the same format
+    as ``best.pt``), since 8 validation images pick an epoch almost at random."""
+    folder = tmp_path / "prepared"
+    data = {s: make_split(folder, s, n, seed=i) for i, (s, n) in enumerate((("train", 320), ("val", 8), ("test", 8)))}
+    config = tiny(
+        "dpsgd", epochs=40, batch_size=16, lr=0.01, momentum=0.9, weight_decay=0.0, augment=False, crop=16,
+        canaries=160, dp={"noise_multiplier": sigma, "max_grad_norm": 10.0, "max_physical_batch": 64,
+                          "accountant": "rdp"},
+    )  # fmt: skip
+    cell = tmp_path / "cell"
+    metrics = train_cell(config, train=data["train"], val=data["val"], test=data["test"], out_dir=cell)
+    record = metrics["canaries"]
+    assert record["m"] == 160 and metrics["n_train"] == 160 + record["included"]
+    assert (metrics["privacy"]["epsilon"] == float("inf")) == (sigma == 0)  # no noise, no guarantee
+    result = evaluate_cell(
+        best=cell / "last.pt",
+        metrics=cell / "metrics.json",
+        inputs={
+            "test": data["test"][0],
+            "test_csv": data["test"][1],
+            "train_clean": data["train"][0],
+            "train_clean_csv": data["train"][1],
+        },
+        out_json=cell / "evaluation.json",
+        device="cpu",
+        bootstrap=0,
+    )
+    audit = result["audit"]["canaries"]
+    assert (audit["canaries"], audit["guesses_in"], audit["guesses_out"]) == (160, 8, 8)
+    if memorises:
+        assert audit["correct"] >= 14 and audit["epsilon_lb"] > 0.5  # 16 of 16 right here: 1.53
+    else:
+        assert audit["epsilon_lb"] < 0.2  # 8 of 16 here: 0
+    assert audit["epsilon_lb"] <= audit["epsilon_ceiling"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,92 @@ def test_lira_scores_only_images_with_an_out_reference():
     assert no_out.any()
     result = lira_attack(member, nonmember, seed=0)
     assert result["n_members"] == min(50 - int(no_out.sum()), 50)
+
+
+def test_clopper_pearson_matches_scipy_and_the_textbook_extremes():
+    from dpmedbench.audit import clopper_pearson
+    from scipy.stats import binomtest
+
+    for k, n in ((0, 10), (3, 10), (10, 10), (57, 624), (624, 624)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        # a one-sided bound at alpha/2 is the two-sided exact interval's end
+        assert clopper_pearson(k, n, 0.025, "lower") == pytest.approx(ci.low, abs=1e-12)
+        assert clopper_pearson(k, n, 0.025, "upper") == pytest.approx(ci.high, abs=1e-12)
+    assert clopper_pearson(624, 624, 0.025, "lower") == pytest.approx(0.025 ** (1 / 624))
+
+
+def test_epsilon_lower_bound_cases_worked_by_hand():
+    from dpmedbench.audit import epsilon_from_rates, epsilon_lower_bound
+
+    assert epsilon_from_rates(0.5, 0.05, 0.0) == pytest.approx(np.log(10))
+    assert epsilon_from_rates(0.99, 0.5, 0.0) == pytest.approx(np.log(0.5 / 0.01))  # the second inequality
+    assert epsilon_from_rates(0.2, 0.2, 1e-5) == 0.0
+    # the ceiling of a perfect attack: 624 per side (after the half split: 1248 images per side), alpha 0.05,
+    # delta 1e-5 -> ln((0.025^(1/624) - 1e-5) / (1 - 0.025^(1/624))) = 5.13
+    perfect = epsilon_lower_bound(np.ones(1248), np.zeros(1248), delta=1e-5)
+    assert perfect["n_members_test"] == 624 and perfect["epsilon_ceiling"] == pytest.approx(5.128, abs=0.01)
+    assert perfect["epsilon_lb"] == pytest.approx(perfect["epsilon_ceiling"])
+    rng = np.random.default_rng(0)
+    chance = epsilon_lower_bound(rng.normal(size=2000), rng.normal(size=2000), delta=1e-5)
+    assert chance["epsilon_lb"] < 0.3  # a useless attack certifies (almost) nothing
+    assert epsilon_lower_bound(np.ones(3), np.zeros(3), delta=1e-5)["epsilon_lb"] is None
+
+
+def test_one_run_bound_matches_the_papers_worked_example_and_its_limits():
+    """Steinke et al. 2023: 1000 canaries, 100 guesses, 75 right, delta 1e-4 -> about 0.67."""
+    from dpmedbench.audit import one_run_epsilon, one_run_p_value
+    from scipy.stats import binom
+
+    assert one_run_epsilon(1000, 100, 75, 1e-4) == pytest.approx(0.673, abs=0.001)
+    # pure DP: the p-value is the binomial tail of epsilon-randomised response, the bound its inverse
+    eps = one_run_epsilon(1000, 100, 75, 0.0)
+    q = 1 / (1 + np.exp(-eps))
+    assert binom.sf(74, 100, q) == pytest.approx(0.05, rel=1e-6)
+    assert one_run_p_value(1000, 100, 75, eps, 0.0) == pytest.approx(0.05, rel=1e-6)
+    # more right guesses, a larger bound; half right (chance) certifies nothing; delta only lowers it
+    bounds = [one_run_epsilon(1000, 100, v, 1e-4) for v in (50, 60, 75, 90, 100)]
+    assert bounds[0] == 0.0 and all(a < b for a, b in itertools.pairwise(bounds[1:]))
+    assert one_run_epsilon(1000, 100, 75, 1e-2) < one_run_epsilon(1000, 100, 75, 1e-4)
+    with pytest.raises(ValueError, match="guesses"):
+        one_run_p_value(10, 20, 5, 1.0, 0.0)
+
+
+def test_one_run_audit_counts_guesses_and_bounds_them():
+    from dpmedbench.audit import guess_counts, one_run_audit
+
+    rng = np.random.default_rng(0)
+    included = rng.random(1000) < 0.5
+    perfect = one_run_audit(included.astype(float), included, delta=1e-5)  # scores reveal membership
+    assert (perfect["guesses_in"], perfect["guesses_out"]) == guess_counts(1000, 0.1) == (50, 50)
+    assert perfect["correct"] == 100 and perfect["epsilon_lb"] == perfect["epsilon_ceiling"] > 3
+    blind = one_run_audit(rng.normal(size=1000), included, delta=1e-5)  # scores carry nothing
+    assert 30 <= blind["correct"] <= 70 and blind["epsilon_lb"] < 0.5
+    tied = one_run_audit(np.zeros(1000), included, delta=1e-5, seed=1)  # all tied: random guesses, not sorted
+    assert 30 <= tied["correct"] <= 70
+    with pytest.raises(ValueError, match="at least 2"):
+        one_run_audit(np.zeros(1), np.ones(1, bool), delta=1e-5)
+
+
+def test_canaries_relabel_drop_and_isolate_exactly_the_chosen_images():
+    from dpmedbench.canaries import Canaries, choose_canaries
+    from dpmedbench.errors import TrainingError
+    from dpmedbench.tensors import Split
+
+    labels = np.arange(40) % 5
+    c = choose_canaries(labels, 12, classes=5, seed=3)
+    assert len(set(c.indices.tolist())) == 12 and (c.labels != labels[c.indices]).all()
+    assert (c.labels >= 0).all() and (c.labels < 5).all()
+    again = choose_canaries(labels, 12, classes=5, seed=3)
+    assert (again.indices == c.indices).all() and (again.included == c.included).all()
+    split = Split("train", torch.arange(40).reshape(40, 1, 1, 1), torch.as_tensor(labels))
+    used = c.apply(split)
+    kept = c.kept(40)
+    assert len(used) == 40 - int((~c.included).sum())
+    assert used.images.flatten().tolist() == kept.tolist()  # left-out canaries are gone, order kept
+    trained = c.indices[c.included]
+    assert used.labels[np.searchsorted(kept, trained)].tolist() == c.labels[c.included].tolist()
+    groups = c.groups(np.array([f"p{i // 2}" for i in range(40)], dtype=object))
+    assert len(groups) == len(used) and len(set(g for g in groups if g.startswith("canary-"))) == c.included.sum()
+    assert Canaries.from_json(c.to_json()).indices.tolist() == c.indices.tolist()
+    with pytest.raises(TrainingError, match="evaluation.canaries"):
+        choose_canaries(labels, 21, classes=5, seed=0)

@@ -78,7 +78,7 @@ def test_tables_in_three_formats(results, tmp_path):
 
 def test_figures_are_drawn(results, tmp_path):
     summary, cells, histories = results
-    names = ("figure3", "figure4", "privacy_utility", "audit")
+    names = ("figure3", "figure4", "privacy_utility", "audit", "audit_epsilon", "ldp_reidentification")
     outputs = {f"{n}_{e}": str(tmp_path / f"{n}.{e}") for n in names for e in ("png", "pdf")}
     draw_figures(summary_csv=str(summary), histories=histories, cells=cells, outputs=outputs, dpi=60)
     with pytest.raises(ValueError, match="no output path for"):

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.e2e
 EXPECTED_JOBS = {
     "prepare": 1,
     "ldp_copy": 1,
+    "ldp_attack": 1,
     "figure2": 1,
     "train": 3,
     "reference": 3,

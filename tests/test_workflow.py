@@ -33,7 +33,8 @@ def workdir(tmp_path: Path) -> Path:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One full run of the demo (every stage, every cell), shared by the tests that inspect or dry-run it."""
     workdir = clone(tmp_path_factory.mktemp("demo"))
-    snakemake(workdir, "--configfile", "config/demo.yaml")
+    proc = snakemake(workdir, "--configfile", "config/demo.yaml")
+    (workdir / "console.txt").write_text(proc.stdout + proc.stderr)  # what the user saw
     return workdir
 
 
@@ -100,18 +101,42 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
         assert evaluation["cell"] == metrics["cell"] and evaluation["test"]["n"] == 12
         assert ("quadratic_kappa" in evaluation["test"]) == (metrics["cell"]["dataset"] == "aptos")
         expected_audits = {"noisy_members", "clean_members"} if metrics["cell"]["mechanism"] == "ldp" else {"members"}
+        if metrics["cell"]["mechanism"] == "dpsgd" and metrics["cell"]["dataset"] == "aptos":
+            expected_audits.add("canaries")  # the demo's one-run canary audit
         assert set(evaluation["audit"]) == expected_audits
     summary = pd.read_csv(demo / "results" / "summary.csv")
     for name in ("main", "paper_comparison"):
         for ext in ("csv", "md", "tex"):
             assert (demo / "results" / "tables" / f"{name}.{ext}").stat().st_size > 100
-    for name in ("figure3_learning_curves", "figure4_accuracy", "privacy_utility", "audit_auc"):
+    for name in FIGURES:
         for ext in ("png", "pdf"):
             assert (demo / "results" / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert len(summary) == len(cells) and summary["audit_auc"].between(0, 1).all()
     assert summary.loc[summary["mechanism"] == "none", "epsilon"].isna().all()
     again = snakemake(demo, "--configfile", "config/demo.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_the_end_of_a_run_shows_the_results_and_where_they_are(demo):
+    console = (demo / "console.txt").read_text()
+    end = console[console.index("dp-medbench: done.") :]
+    assert (
+        "results/summary.csv" in end and "snakemake --report results/report.html --configfile config/demo.yaml" in end
+    )
+    summary = pd.read_csv(demo / "results" / "summary.csv")
+    baseline = summary[(summary["dataset"] == "chest_xray") & (summary["mechanism"] == "none")]
+    assert f"{100 * baseline['test_acc'].mean():.1f} %" in end  # the headline table, from summary.csv
+    assert "DP-SGD" in end and "Local-DP" in end
+
+
+FIGURES = (
+    "figure3_learning_curves",
+    "figure4_accuracy",
+    "privacy_utility",
+    "audit_auc",
+    "audit_epsilon",
+    "ldp_reidentification",
+)
 
 
 def check_ldp(workdir: Path, dataset: str, mechanism: str, dtype: type, shape: tuple[int, ...]) -> None:
@@ -164,6 +189,7 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
         "all": 1,
         "prepare": 1,
         "ldp_copy": 3,
+        "ldp_attack": 3,
         "figure2": 1,
         "train": 7,
         "evaluate": 7,
@@ -178,6 +204,7 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
         "all": 1,
         "prepare": 2,
         "ldp_copy": 6,
+        "ldp_attack": 6,
         "figure2": 2,
         "train": 14,
         "evaluate": 14,
@@ -195,6 +222,7 @@ def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
     assert _jobs(dry) == {
         "all": 1,
         "ldp_copy": 2,
+        "ldp_attack": 2,
         "figure2": 2,
         "train": 4,
         "evaluate": 4,
@@ -232,6 +260,7 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
         "ldp_copy": 3,
+        "ldp_attack": 3,
         "figure2": 1,
         "train": 3,
         "evaluate": 3,
@@ -396,7 +425,10 @@ def test_corrupt_image_fails_with_its_name_and_no_output(workdir, tmp_path):
 def test_missing_kaggle_credentials_fail_the_fetch_with_instructions(workdir, tmp_path):
     env_home = tmp_path / "home"
     env_home.mkdir()
-    config = {"datasets": {"aptos": {"source": "kaggle"}, "chest_xray": {"enabled": False}}}
+    config = {
+        "datasets": {"aptos": {"source": "kaggle"}, "chest_xray": {"enabled": False}},
+        "model": {"pretrained": False},  # no weights download to fail first (no internet here)
+    }
     (workdir / "test.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     env.update(HOME=str(env_home), KAGGLE_CONFIG_DIR=str(env_home / ".kaggle"))
@@ -410,6 +442,9 @@ def test_missing_kaggle_credentials_fail_the_fetch_with_instructions(workdir, tm
     )
     assert proc.returncode != 0
     assert "aptos: no Kaggle credentials found" in proc.stderr
+    # the last thing on the screen is what failed and what to do, with its log
+    end = proc.stdout[proc.stdout.index("dp-medbench: the run failed.") :]
+    assert "aptos: no Kaggle credentials found" in end and "KAGGLE_API_TOKEN" in end and "logs/fetch/aptos.log" in end
     assert not (workdir / "data" / "raw" / "aptos" / "source.json").exists()
 
 
@@ -463,13 +498,14 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
             pytest.fail("DPMEDBENCH_REQUIRE_CHROMIUM=1 but no chromium on PATH (Debian: apt-get install chromium)")
         pytest.skip("no Chromium here (Debian: apt-get install chromium)")
     snakemake(demo, "--report", "results/report.html", "--configfile", "config/demo.yaml")
-    figures = ["figure3_learning_curves", "figure4_accuracy", "privacy_utility", "audit_auc"]
+    figures = list(FIGURES)
     cells = [c for c in (p.parent for p in demo.glob("results/cells/*/*/*/*/metrics.json"))]
     assert len(cells) == 14
     expected = {f"results/figures/{name}.png" for name in figures}
     expected |= {f"results/figures/figure2_{d}.png" for d in ("chest_xray", "aptos")}
     expected |= {"results/summary.csv", "results/tables/main.csv", "results/tables/paper_comparison.csv"}
     expected |= {"results/tables/data.csv"}
+    expected |= {f"results/ldp/{d}/beta{b}/attack.json" for d in ("chest_xray", "aptos") for b in (1, 2, 4)}
     expected |= {f"{c.relative_to(demo).as_posix()}/{f}" for c in cells for f in ("history.csv", "evaluation.json")}
 
     with chromium.Browser(binary) as browser:
@@ -568,3 +604,25 @@ def test_every_cell_and_the_report_say_which_data_they_came_from(demo):
     )
     table = (demo / "results" / "tables" / "data.md").read_text()
     assert "synthetic demo images" in table and "Kermany 2018 paediatric" not in table
+
+
+def test_audits_speak_in_epsilon_for_every_cell_and_copy(demo):
+    """Every cell carries its audit's epsilon lower bound with the ceiling; the demo's APTOS DP-SGD cells ran the
+    one-run canary audit; every Local-DP copy was attacked, and its LDP cells carry the figures."""
+    summary = pd.read_csv(demo / "results" / "summary.csv")
+    assert summary["audit_epsilon_lb"].notna().all() and (summary["audit_epsilon_lb"] >= 0).all()
+    assert (summary["audit_epsilon_lb"] <= summary["audit_epsilon_ceiling"] + 1e-9).all()
+    canaries = summary[(summary["dataset"] == "aptos") & (summary["mechanism"] == "dpsgd")]
+    assert (canaries["audit_canaries"] == 20).all() and (canaries["audit_canary_guesses"] == 2).all()
+    assert summary.loc[summary["dataset"] == "chest_xray", "audit_canaries"].isna().all()
+    metrics = json.loads((demo / "results/cells/aptos/dpsgd/beta1/seed0/metrics.json").read_text())
+    assert metrics["canaries"]["m"] == 20 and metrics["n_train"] < 60
+    ldp = summary["mechanism"] == "ldp"
+    assert summary.loc[ldp, "ldp_reid_top1"].between(0, 1).all() and summary.loc[~ldp, "ldp_reid_top1"].isna().all()
+    assert (summary.loc[ldp, "ldp_reid_chance_top1"] < 0.05).all()
+    assert set(summary.loc[ldp, "privacy_mechanism"]) == {"laplace_pixel", "laplace_image_shift"}
+    for dataset in ("chest_xray", "aptos"):
+        for beta in (1, 2, 4):
+            attack = json.loads((demo / f"results/ldp/{dataset}/beta{beta}/attack.json").read_text())
+            assert attack["splits"]["train"]["reidentification"]["gallery"] > 20
+    assert "ε lower bound" in (demo / "results" / "tables" / "main.md").read_text()

@@ -1,17 +1,25 @@
 # Configuration loading and validation, input functions and helpers shared by every rule file.
+import os
 import sys
+import time
 from pathlib import Path
+
+STARTED = (
+    time.time()
+)  # logs written after this belong to this run (the onerror handler reads them)
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 # Light modules only (standard library, jsonschema, yaml): this runs whenever Snakemake builds the job graph.
 from dpmedbench.config import (  # noqa: E402
+    canaries_of,
     canonical,
     check_local_archives,
     dpsgd_settings,
     enabled_datasets,
     validate_config,
 )
+from dpmedbench.console import on_error, on_success  # noqa: E402
 from dpmedbench.digest import code_digest, script_digest, script_modules  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.fileio import cached_source_digest  # noqa: E402
@@ -44,6 +52,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 FETCH_CODE = script_digest(SCRIPTS / "fetch.py")
 PREPARE_CODE = script_digest(SCRIPTS / "prepare.py")
 LDP_CODE = script_digest(SCRIPTS / "ldp.py")
+LDP_ATTACK_CODE = script_digest(SCRIPTS / "ldp_attack.py")
 FIGURE_CODE = script_digest(SCRIPTS / "figure2.py")
 WEIGHTS_CODE = script_digest(SCRIPTS / "weights.py")
 # A cell runs the training code and its own mechanism's plan (imported by name), so editing the DP-SGD code
@@ -160,6 +169,17 @@ def cells():
     return out
 
 
+def ldp_attack_outputs():
+    """The attack record of every Local-DP copy of the grid (none without the 'ldp' mechanism)."""
+    if "ldp" not in config["mechanisms"]:
+        return []
+    return expand(
+        "results/ldp/{dataset}/beta{beta}/attack.json",
+        dataset=DATASETS,
+        beta=BETA_LABELS,
+    )
+
+
 def cell_dir(dataset, mechanism, beta, seed):
     return CELL_DIR.format(dataset=dataset, mechanism=mechanism, beta=beta, seed=seed)
 
@@ -185,6 +205,8 @@ def cell_outputs():
             "figure4_accuracy",
             "privacy_utility",
             "audit_auc",
+            "audit_epsilon",
+            "ldp_reidentification",
         ),
         ext=("png", "pdf"),
     )
@@ -294,6 +316,10 @@ def cell_settings(wildcards, seed):
     }
     if mechanism == "dpsgd":
         cell["dpsgd"] = _result_keys("dpsgd", dpsgd_settings(config, wildcards.dataset))
+        if canaries_of(
+            config, wildcards.dataset
+        ):  # absent when off: cells without canaries keep their params
+            cell["canaries"] = canaries_of(config, wildcards.dataset)
     return canonical(cell)
 
 

@@ -26,6 +26,32 @@ rule ldp_copy:
         "../scripts/ldp.py"
 
 
+rule ldp_attack:
+    input:
+        clean="data/prepared/{dataset}/train.npy",
+        noisy="data/ldp/{dataset}/beta{beta}/train.npy",
+        privacy="data/ldp/{dataset}/beta{beta}/privacy.json",
+    output:
+        report(
+            "results/ldp/{dataset}/beta{beta}/attack.json",
+            caption="../report/ldp_attack.rst",
+            category="{dataset}",
+            subcategory="Local-DP copies",
+        ),
+    log:
+        "logs/ldp_attack/{dataset}/beta{beta}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        beta=checked_beta,
+        seed=config["seed"],
+        queries=config["ldp"]["attack_queries"],
+        quality_images=config["ldp"]["quality_images"],
+        code=LDP_ATTACK_CODE,
+    script:
+        "../scripts/ldp_attack.py"
+
+
 rule figure2:
     input:
         clean="data/prepared/{dataset}/train.npy",

@@ -36,6 +36,7 @@ rule summary:
     input:
         metrics=[f"{cell_dir(*c)}/metrics.json" for c in cells()],
         evaluations=[f"{cell_dir(*c)}/evaluation.json" for c in cells()],
+        attacks=ldp_attack_outputs(),
     output:
         report(
             "results/summary.csv",
@@ -100,6 +101,12 @@ rule figures:
         privacy_utility_pdf="results/figures/privacy_utility.pdf",
         audit_png=result_figure("audit_auc", "audit_auc"),
         audit_pdf="results/figures/audit_auc.pdf",
+        audit_epsilon_png=result_figure("audit_epsilon", "audit_epsilon"),
+        audit_epsilon_pdf="results/figures/audit_epsilon.pdf",
+        ldp_reidentification_png=result_figure(
+            "ldp_reidentification", "ldp_reidentification"
+        ),
+        ldp_reidentification_pdf="results/figures/ldp_reidentification.pdf",
     log:
         "logs/figures.log",
     conda:

@@ -13,5 +13,6 @@ run_logged(
     write_summary,
     metrics=list(snakemake.input.metrics),  # noqa: F821
     evaluations=list(snakemake.input.evaluations),  # noqa: F821
+    attacks=list(snakemake.input.attacks),  # noqa: F821
     out_csv=snakemake.output[0],  # noqa: F821
 )

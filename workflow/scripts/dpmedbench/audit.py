@@ -15,6 +15,8 @@ look like members.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .metrics import binary_auc
@@ -35,6 +37,10 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 0.01) -> flo
     return float(np.mean(np.asarray(scores)[labels] > threshold))
 
 
+#: Non-members needed before a 1 % false-positive rate means anything (one false positive in 100).
+MIN_NONMEMBERS_1PCT = 100
+
+
 def score_attack(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, seed: int = 0) -> dict:
     """AUC and TPR at 1% FPR of any membership score (higher = more likely a member), on equal numbers of
     members and non-members (the larger side is subsampled with ``seed``)."""
@@ -46,19 +52,27 @@ def score_attack(member_scores: np.ndarray, nonmember_scores: np.ndarray, *, see
     nonmembers = rng.choice(np.asarray(nonmember_scores, dtype=float), n, replace=False)
     labels = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     scores = np.r_[members, nonmembers]
+    resolved = n >= MIN_NONMEMBERS_1PCT
     return {
         "n_members": n,
         "n_nonmembers": n,
         "auc": binary_auc(labels, scores),
-        "tpr_at_1pct_fpr": tpr_at_fpr(labels, scores, 0.01),
-    }
+        "tpr_at_1pct_fpr": tpr_at_fpr(labels, scores, 0.01) if resolved else None,
+        **({} if resolved else {"tpr_at_1pct_fpr_note": f"n too small: a 1 % false-positive rate needs at least "
+                                f"{MIN_NONMEMBERS_1PCT} non-members, this audit has {n}"}),
+    }  # fmt: skip
 
 
-def loss_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray, *, seed: int = 0) -> dict:
+def loss_attack(
+    member_losses: np.ndarray, nonmember_losses: np.ndarray, *, seed: int = 0, delta: float | None = None
+) -> dict:
     """The loss-threshold attack on equal numbers of members and non-members (the larger side is subsampled
-    with ``seed``)."""
-    result = score_attack(-np.asarray(member_losses, float), -np.asarray(nonmember_losses, float), seed=seed)
-    return {"attack": "loss threshold (score = -cross-entropy)", **result}
+    with ``seed``); with ``delta``, also its empirical epsilon lower bound (:func:`epsilon_lower_bound`)."""
+    members, nonmembers = -np.asarray(member_losses, float), -np.asarray(nonmember_losses, float)
+    result = {"attack": "loss threshold (score = -cross-entropy)", **score_attack(members, nonmembers, seed=seed)}
+    if delta is not None:
+        result["epsilon"] = epsilon_lower_bound(members, nonmembers, delta=delta, seed=seed)
+    return result
 
 
 def logit_confidence(losses: np.ndarray) -> np.ndarray:
@@ -98,6 +112,7 @@ def lira_attack(
     nonmember: tuple[np.ndarray, np.ndarray, np.ndarray],
     *,
     seed: int = 0,
+    delta: float | None = None,
 ) -> dict:
     """Offline LiRA on members and non-members, each given as (target losses (n,), reference losses (k, n), OUT
     mask (k, n)); the OUT distribution is pooled over both sides, and the scores go to :func:`score_attack`."""
@@ -106,5 +121,159 @@ def lira_attack(
     references = logit_confidence(np.concatenate([member[1], nonmember[1]], axis=1))
     out = np.concatenate([member[2], nonmember[2]], axis=1)
     scores, scored = lira_scores(target, references, out)
-    result = score_attack(scores[:n_members][scored[:n_members]], scores[n_members:][scored[n_members:]], seed=seed)
-    return {"attack": LIRA, "reference_models": int(out.shape[0]), **result}
+    members, nonmembers = scores[:n_members][scored[:n_members]], scores[n_members:][scored[n_members:]]
+    result = {"attack": LIRA, "reference_models": int(out.shape[0]), **score_attack(members, nonmembers, seed=seed)}
+    if delta is not None:
+        result["epsilon"] = epsilon_lower_bound(members, nonmembers, delta=delta, seed=seed)
+    return result
+
+
+# ------------------------------------------------------------------------------------- empirical epsilon
+def clopper_pearson(k: int, n: int, alpha: float, side: str) -> float:
+    """One-sided Clopper-Pearson bound at level ``1 - alpha`` of a binomial proportion k/n: ``"lower"`` or
+    ``"upper"``.
+
+    >>> round(clopper_pearson(0, 10, 0.05, "upper"), 4), clopper_pearson(0, 10, 0.05, "lower")
+    (0.2589, 0.0)
+    """
+    from scipy.stats import beta
+
+    if side == "lower":
+        return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
+    if side == "upper":
+        return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+    raise ValueError(f"side must be 'lower' or 'upper', got {side!r}")
+
+
+def epsilon_from_rates(tpr: float, fpr: float, delta: float) -> float:
+    """The smallest epsilon an (epsilon, delta)-DP mechanism needs for a membership test to reach (tpr, fpr):
+    max of ln((TPR - delta) / FPR) and ln((1 - FPR - delta) / (1 - TPR)), infinite where a denominator is 0 (point
+    estimates of a perfect test), 0 if neither is positive.
+
+    >>> round(epsilon_from_rates(0.5, 0.05, 0.0), 4)  # ln(0.5 / 0.05)
+    2.3026
+    >>> epsilon_from_rates(0.3, 0.3, 1e-5)
+    0.0
+    """
+    bounds = [0.0]
+    if tpr - delta > 0:
+        bounds.append(math.log((tpr - delta) / fpr) if fpr > 0 else math.inf)
+    if 1 - fpr - delta > 0:
+        bounds.append(math.log((1 - fpr - delta) / (1 - tpr)) if tpr < 1 else math.inf)
+    return max(bounds)
+
+
+def epsilon_lower_bound(
+    member_scores: np.ndarray, nonmember_scores: np.ndarray, *, delta: float, alpha: float = 0.05, seed: int = 0
+) -> dict:
+    """An empirical epsilon lower bound from a membership score (higher = more likely a member).
+
+    Each side is split in half at random: the threshold is chosen on one half (the one with the largest
+    epsilon by point estimates), and the bound is computed on the other half with one-sided Clopper-Pearson
+    bounds TPR_lo and FPR_hi at ``alpha / 2`` each (``1 - alpha`` overall), so choosing the threshold does not
+    bias it upward. ``ceiling``: what a perfect attack would certify with the same sample sizes.
+    """
+    rng = np.random.default_rng(seed)
+    members, nonmembers = (rng.permutation(np.asarray(s, dtype=float)) for s in (member_scores, nonmember_scores))
+    if min(len(members), len(nonmembers)) < 4:
+        return {"epsilon_lb": None, "epsilon_ceiling": None, "reason": "fewer than 4 images on a side"}
+    cal_m, test_m = np.array_split(members, 2)
+    cal_n, test_n = np.array_split(nonmembers, 2)
+    candidates = np.unique(np.r_[cal_m, cal_n])
+    estimates = [epsilon_from_rates(np.mean(cal_m >= t), np.mean(cal_n >= t), delta) for t in candidates]
+    threshold = float(candidates[int(np.argmax(estimates))])
+    tp, fp = int(np.sum(test_m >= threshold)), int(np.sum(test_n >= threshold))
+    tpr_lo = clopper_pearson(tp, len(test_m), alpha / 2, "lower")
+    fpr_hi = clopper_pearson(fp, len(test_n), alpha / 2, "upper")
+    ceiling_tpr = clopper_pearson(len(test_m), len(test_m), alpha / 2, "lower")
+    ceiling_fpr = clopper_pearson(0, len(test_n), alpha / 2, "upper")
+    return {
+        "epsilon_lb": epsilon_from_rates(tpr_lo, fpr_hi, delta),
+        "epsilon_ceiling": epsilon_from_rates(ceiling_tpr, ceiling_fpr, delta),
+        "delta": delta,
+        "confidence": 1 - alpha,
+        "n_members_test": len(test_m),
+        "n_nonmembers_test": len(test_n),
+        "threshold": threshold,
+        "tpr_lo": tpr_lo,
+        "fpr_hi": fpr_hi,
+        "method": "threshold chosen on a random half of each side, TPR/FPR bounded on the other half with "
+        "one-sided Clopper-Pearson bounds (Jagielski et al. 2020); one trained model and its own training images, "
+        "so an estimate of leakage rather than a certified bound",
+    }
+
+
+# ------------------------------------------------------------------------------------- one-run canary audit
+def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """Steinke, Nasr & Jagielski 2023 ("Privacy auditing with one (1) training run", Appendix D): an upper bound
+    on the probability that an auditor making ``r`` guesses about ``m`` canaries, each included with
+    probability 1/2, gets ``v`` or more right when the training is (epsilon, delta)-DP."""
+    from scipy.stats import binom
+
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= correct ({v}) <= guesses ({r}) <= canaries ({m})")
+    q = 1.0 / (1.0 + math.exp(-epsilon))  # the accuracy of epsilon-DP randomised response
+    tail = float(binom.sf(v - 1, r, q))  # P[Binomial(r, q) >= v]
+    alpha, running = 0.0, 0.0
+    for i in range(1, v + 1):
+        running += float(binom.pmf(v - i, r, q))
+        alpha = max(alpha, running / i)
+    return min(tail + alpha * delta * 2 * m, 1.0)
+
+
+def one_run_epsilon(m: int, r: int, v: int, delta: float, alpha: float = 0.05) -> float:
+    """The largest epsilon that :func:`one_run_p_value` rejects at level ``alpha``: an epsilon lower bound with
+    confidence ``1 - alpha`` (bisection to ~1e-9, as the paper's code).
+
+    >>> round(one_run_epsilon(1000, 100, 75, 1e-4), 2)  # the paper's worked example
+    0.67
+    """
+    low, high = 0.0, 1.0
+    while one_run_p_value(m, r, v, high, delta) < alpha:
+        low, high = high, high + 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if one_run_p_value(m, r, v, middle, delta) < alpha:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def guess_counts(m: int, fraction: float) -> tuple[int, int]:
+    """(k+, k-): guesses "in" and "out" for ``m`` canaries, ``fraction`` of them in all, split evenly.
+
+    >>> guess_counts(1000, 0.1), guess_counts(10, 0.1)
+    ((50, 50), (1, 1))
+    """
+    half = max(1, round(m * fraction / 2))
+    return min(half, m // 2), min(half, m - m // 2)
+
+
+def one_run_audit(
+    scores: np.ndarray, included: np.ndarray, *, delta: float, fraction: float = 0.1, alpha: float = 0.05, seed: int = 0
+) -> dict:
+    """The one-run audit: guess "in" for the k+ canaries with the highest ``scores`` (higher = more likely
+    trained on) and "out" for the k- lowest, count the correct guesses against ``included``, and bound epsilon
+    at ``delta`` (:func:`one_run_epsilon`). Ties between scores are broken at random with ``seed``."""
+    scores, included = np.asarray(scores, float), np.asarray(included, bool)
+    m = len(scores)
+    if m < 2 or len(included) != m:
+        raise ValueError(f"{m} canary scores and {len(included)} inclusion flags: need at least 2 of each, as many")
+    k_in, k_out = guess_counts(m, fraction)
+    shuffle = np.random.default_rng(seed).permutation(m)
+    order = shuffle[np.argsort(scores[shuffle], kind="stable")]  # ascending, ties in random order
+    correct = int(included[order[m - k_in :]].sum()) + int((~included[order[:k_out]]).sum())
+    return {
+        "canaries": m,
+        "included": int(included.sum()),
+        "guesses_in": k_in,
+        "guesses_out": k_out,
+        "correct": correct,
+        "delta": delta,
+        "confidence": 1 - alpha,
+        "epsilon_lb": one_run_epsilon(m, k_in + k_out, correct, delta, alpha),
+        "epsilon_ceiling": one_run_epsilon(m, k_in + k_out, k_in + k_out, delta, alpha),
+        "method": "one-run audit (Steinke, Nasr & Jagielski 2023, Appendix D): canaries included with "
+        "probability 1/2 each, scored by minus the loss on their wrong label",
+    }

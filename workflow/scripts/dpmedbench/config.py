@@ -148,6 +148,17 @@ def dpsgd_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     return {**config["dpsgd"], **{k: v for k, v in overrides.items() if v is not None}}
 
 
+def canaries_of(config: Mapping[str, Any], dataset: str) -> int:
+    """The one-run audit's canaries in ``dataset``'s DP-SGD cells: ``datasets.<name>.evaluation.canaries`` if
+    set, else ``evaluation.canaries``.
+
+    >>> canaries_of(validate_config({"datasets": {"aptos": {"evaluation": {"canaries": 8}}}}), "aptos")
+    8
+    """
+    override = config["datasets"][dataset].get("evaluation", {}).get("canaries")
+    return int(config["evaluation"]["canaries"] if override is None else override)
+
+
 def _check_privacy_unit(name: str, ds: Mapping[str, Any], dp: Mapping[str, Any]) -> None:
     if dp["privacy_unit"] != "patient":
         return

@@ -195,9 +195,16 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
 
 
 def epsilon(history: list[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
-    """Epsilon spent by the steps in ``history`` ([(noise_multiplier, sample_rate, steps)])."""
+    """Epsilon spent by the steps in ``history`` ([(noise_multiplier, sample_rate, steps)]); infinite once a
+    step with a noise multiplier of 0 (no noise: no guarantee) has run.
+
+    >>> epsilon([(0.0, 0.1, 10)], delta=1e-5, accountant="prv")
+    inf
+    """
     if not history:
         return 0.0
+    if any(sigma == 0 and rate > 0 and steps > 0 for sigma, rate, steps in history):
+        return math.inf  # the accountants divide by sigma (PRV fails outright)
     acc = ACCOUNTANTS[accountant]()
     acc.history = [tuple(h) for h in history]
     return float(acc.get_epsilon(delta=delta))

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audit import lira_attack, loss_attack
+from .audit import lira_attack, loss_attack, one_run_audit
+from .canaries import Canaries
+from .errors import TrainingError
 from .fileio import atomic_outputs
 from .ldp import noisy_batch, storage_of, store
 from .metrics import classification_report
@@ -62,6 +64,31 @@ def _load_model(best: str | os.PathLike[str], dev: torch.device) -> tuple[torch.
 
 
 Losses = Callable[[Split], np.ndarray]  # a model's per-image losses on a split
+#: The delta of the empirical epsilon bounds of cells whose guarantee has none (no privacy, the authors' shift).
+AUDIT_DELTA = 1e-5
+
+
+def audit_delta(privacy: Mapping[str, Any]) -> float:
+    """The delta at which a cell's audits bound epsilon: the cell's own (DP-SGD's delta, 0 for the Laplace
+    mechanism), or :data:`AUDIT_DELTA` where its guarantee has none."""
+    delta = privacy.get("delta")
+    return float(delta) if delta is not None else AUDIT_DELTA
+
+
+def _check_against_accountant(audits: Mapping[str, Any], privacy: Mapping[str, Any], cell: Mapping[str, Any]) -> None:
+    """An empirical lower bound above a DP-SGD cell's accounted epsilon means the training or the accounting is
+    wrong: stop rather than publish both."""
+    if privacy.get("mechanism") != "dpsgd" or privacy.get("epsilon") is None:
+        return
+    for name, audit in audits.items():
+        lb = (audit.get("epsilon") or audit).get("epsilon_lb")
+        if lb is not None and lb > privacy["epsilon"] + 1e-9:
+            raise TrainingError(
+                f"{cell}: the {name} audit's empirical epsilon lower bound {lb:.3f} exceeds the accounted epsilon "
+                f"{privacy['epsilon']:.3f} ({privacy.get('accountant')}, delta {privacy.get('delta')}): DP-SGD cannot "
+                f"have given this model its guarantee. This is a bug in the training or the accounting; do not "
+                f"publish this cell"
+            )
 
 
 def evaluate_cell(
@@ -84,7 +111,8 @@ def evaluate_cell(
     audit's noised non-members) derive from the cell's identity and ``seed``."""
     torch.set_num_threads(cpu_threads(threads))
     dev = pick_device(device)
-    cell = json.loads(Path(metrics).read_text())["cell"]
+    record = json.loads(Path(metrics).read_text())
+    cell, delta = record["cell"], audit_delta(record["privacy"])
     model, prep, best_epoch = _load_model(best, dev)
     seed = derive_seed(cell["dataset"], cell["mechanism"], cell["beta"], cell["seed"], seed)  # this cell's own
     kappa = cell["dataset"] == "aptos"
@@ -102,10 +130,8 @@ def evaluate_cell(
         ),
     }
     for key in ("val_noisy", "val_clean") if cell["mechanism"] == "ldp" else ():
-        s = split(key)
-        result[key] = classification_report(
-            s.labels.cpu().numpy(), predict(model, s, prep, eval_batch)[0], kappa=kappa, bootstrap=0
-        )
+        labels, proba = split(key).labels.cpu().numpy(), predict(model, split(key), prep, eval_batch)[0]
+        result[key] = classification_report(labels, proba, kappa=kappa, bootstrap=0)
     audits, headline, (members, nonmembers) = _loss_audits(
         lambda s: predict(model, s, prep, eval_batch)[1],
         split,
@@ -113,24 +139,58 @@ def evaluate_cell(
         cell=cell,
         inputs=inputs,
         seed=seed,
+        delta=delta,
     )
     if references:  # the headline audit's images, with the calibrated attack
         audits["lira"] = {
-            **_lira(references, members, nonmembers, dev=dev, eval_batch=eval_batch, seed=derive_seed(seed, "audit")),
+            **_lira(references, members, nonmembers, dev=dev, eval_batch=eval_batch, seed=seed, delta=delta),
             "members": audits[headline]["members"],
             "nonmembers": audits[headline]["nonmembers"],
         }
+    if record.get("canaries"):  # the one-run audit of a model trained with canaries
+        audits["canaries"] = _canary_audit(
+            lambda s: predict(model, s, prep, eval_batch)[1], split("train_clean"), record["canaries"], delta, seed
+        )
     result["audit"] = audits
     result["audit_headline"] = headline
+    _check_against_accountant(audits, record["privacy"], cell)
     with atomic_outputs(out_json) as (tmp,):
         tmp.write_text(json.dumps(result, indent=2) + "\n")
-    log.info(
-        "test accuracy %.4f, AUROC %s; membership-inference attack AUC (0.5 = chance): %s",
-        result["test"]["accuracy"],
-        result["test"]["auroc"],
-        ", ".join(f"{k} {v['auc']:.3f}" for k, v in audits.items()),
-    )
+    _log_result(result)
     return result
+
+
+def _canary_audit(
+    losses: Losses, train_clean: Split, record: Mapping[str, Any], delta: float, seed: int
+) -> dict[str, Any]:
+    """The one-run audit: every canary scored by minus the model's loss on its wrong label."""
+    canaries = Canaries.from_json(record)
+    index = torch.as_tensor(canaries.indices, device=train_clean.labels.device)
+    wrong = torch.as_tensor(canaries.labels, device=train_clean.labels.device)
+    scores = -losses(Split("canaries", train_clean.images[index], wrong))
+    return {
+        **one_run_audit(scores, canaries.included, delta=delta, seed=derive_seed(seed, "canaries")),
+        "members": "canaries trained on (a training image with a random wrong label, kept with probability 1/2)",
+        "nonmembers": "canaries left out of training",
+    }
+
+
+def _log_result(result: Mapping[str, Any]) -> None:
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    def lower_bound(audit: Mapping[str, Any]) -> str:
+        found = audit.get("epsilon") or audit  # the one-run audit carries its bound at the top level
+        return f"epsilon >= {fmt(found.get('epsilon_lb'))} (could show at most {fmt(found.get('epsilon_ceiling'))})"
+
+    audits = "; ".join(
+        f"{k}: {v['correct']} of {v['guesses_in'] + v['guesses_out']} guesses right, {lower_bound(v)}"
+        if k == "canaries"
+        else f"{k}: AUC {fmt(v.get('auc'))} (0.5 = chance), {lower_bound(v)}"
+        for k, v in result["audit"].items()
+    )
+    accuracy, auroc = result["test"]["accuracy"], result["test"]["auroc"]
+    log.info("test accuracy %s, AUROC %s; membership-inference audits: %s", fmt(accuracy), fmt(auroc), audits)
 
 
 def _loss_audits(
@@ -141,6 +201,7 @@ def _loss_audits(
     cell: Mapping[str, Any],
     inputs: Mapping[str, str],
     seed: int,
+    delta: float,
 ) -> tuple[dict[str, Any], str, tuple[tuple[Split, np.ndarray], tuple[Split, np.ndarray]]]:
     """The loss-threshold audits of a cell, the name of the headline one, and its (split, losses) members and
     non-members. Local-DP cells: the noisy images seen against test images noised alike (headline), and the
@@ -150,7 +211,7 @@ def _loss_audits(
     (test, test_loss), train_clean = test, split("train_clean")
     clean_losses = losses(train_clean)
     if cell["mechanism"] != "ldp":
-        audit = loss_attack(clean_losses, test_loss, seed=audit_seed)
+        audit = loss_attack(clean_losses, test_loss, seed=audit_seed, delta=delta)
         sides = (train_clean, clean_losses), (test, test_loss)
         return {"members": {**audit, **AUDIT_SIDES["members"]}}, "members", sides
     privacy = json.loads(Path(inputs["privacy"]).read_text())
@@ -158,8 +219,14 @@ def _loss_audits(
     noised = _noised_like_copy(test, privacy, dataset=cell["dataset"], seed=derive_seed(seed, "nm"))
     seen_losses, noised_losses = losses(seen), losses(noised)
     audits = {
-        "noisy_members": {**loss_attack(seen_losses, noised_losses, seed=audit_seed), **AUDIT_SIDES["noisy_members"]},
-        "clean_members": {**loss_attack(clean_losses, test_loss, seed=audit_seed), **AUDIT_SIDES["clean_members"]},
+        "noisy_members": {
+            **loss_attack(seen_losses, noised_losses, seed=audit_seed, delta=delta),
+            **AUDIT_SIDES["noisy_members"],
+        },
+        "clean_members": {
+            **loss_attack(clean_losses, test_loss, seed=audit_seed, delta=delta),
+            **AUDIT_SIDES["clean_members"],
+        },
     }
     return audits, "noisy_members", ((seen, seen_losses), (noised, noised_losses))
 
@@ -182,6 +249,7 @@ def _lira(
     dev: torch.device,
     eval_batch: int,
     seed: int,
+    delta: float,
 ) -> dict[str, Any]:
     """Offline LiRA on the headline audit's images: each reference model's losses, and which images it saw."""
     (member_split, member_losses), (nonmember_split, nonmember_losses) = members, nonmembers
@@ -197,5 +265,6 @@ def _lira(
     return lira_attack(
         (member_losses, np.stack(ref_member), ~ins),
         (nonmember_losses, np.stack(ref_nonmember), np.ones((len(references), len(nonmember_losses)), bool)),
-        seed=seed,
+        seed=derive_seed(seed, "audit"),
+        delta=delta,
     )

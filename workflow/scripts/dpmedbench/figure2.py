@@ -4,6 +4,7 @@ Local-DP stage wrote."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import textwrap
 from collections.abc import Sequence
@@ -100,3 +101,4 @@ def figure2(
         for tmp, final in zip(tmps, outputs, strict=True):
             fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=150, bbox_inches="tight")
     plt.close(fig)
+    logging.getLogger(__name__).info("wrote %s (training image %d at every beta)", ", ".join(map(str, outputs)), index)

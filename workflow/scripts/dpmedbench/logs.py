@@ -29,8 +29,8 @@ def run_logged(log_path: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
         logging.getLogger("dpmedbench").error("%s", exc)
         print(f"dp-medbench error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except Exception:
-        logging.getLogger("dpmedbench").exception("unexpected failure")
+    except Exception as exc:
+        logging.getLogger("dpmedbench").exception("unexpected failure: %s: %s", type(exc).__name__, exc)
         raise
     finally:
         root.removeHandler(handler)

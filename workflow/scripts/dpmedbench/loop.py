@@ -74,22 +74,49 @@ def fit(
         row["seconds"] = round(time.perf_counter() - started, 3)
         state.record(row, model)
         on_epoch_end(state)
-        log.info("epoch %d/%d  %s", epoch, epochs, format_row(row))
+        spent = [r["seconds"] for r in state.history[-3:]]  # recent epochs (a resume's first epochs are gone)
+        log.info("%s", format_row(row, epochs=epochs, left=(epochs - epoch) * sum(spent) / len(spent)))
     return state
 
 
-def format_row(row: Mapping[str, Any]) -> str:
-    """A history row for people.
+def format_row(row: Mapping[str, Any], *, epochs: int | None = None, left: float | None = None) -> str:
+    """A history row for people: accuracies in %, losses to 3 decimals, grouped by split; DP-SGD's epsilon so
+    far with its accountant; the epoch's time and, with ``left``, the estimated time to the end.
 
-    >>> format_row({"epoch": 3, "train_loss": 0.51234, "train_acc": 0.5593, "val_acc": 0.6, "seconds": 12.25})
-    'train loss 0.5123  train acc 0.5593  val acc 0.6000  12.2 s'
+    >>> format_row({"epoch": 3, "train_loss": 0.51234, "train_acc": 0.5593, "val_acc": 0.6, "seconds": 12.25},
+    ...            epochs=10, left=85.0)
+    'epoch  3/10 | train loss 0.512 acc  55.9 % | val acc  60.0 % | 12.2 s, about 1 min 25 s left'
+    >>> format_row({"epoch": 1, "val_acc": 1.0, "epsilon_rdp": 0.4569, "seconds": 4.1})
+    'epoch 1 | val acc 100.0 % | ε so far 0.457 (RDP) | 4.1 s'
     """
-    parts = []
+    head = f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}" if epochs else f"epoch {row['epoch']}"
+    groups: dict[str, list[str]] = {}
+    tail = []
     for key, value in row.items():
-        if key == "epoch" or value is None or isinstance(value, bool):
+        if key in ("epoch", "seconds") or value is None or isinstance(value, bool):
             continue
-        if key == "seconds":
-            parts.append(f"{value:.1f} s")
-        else:
-            parts.append(f"{key.replace('_', ' ')} {value:.4f}")
-    return "  ".join(parts)
+        if key.startswith("epsilon_"):
+            tail.append(f"ε so far {value:.3f} ({key.split('_', 1)[1].upper()})")
+            continue
+        split, _, measure = key.rpartition("_")
+        text = f"acc {100 * value:5.1f} %" if measure == "acc" else f"{measure} {value:.3f}"
+        groups.setdefault(split.replace("_", " "), []).append(text)
+    parts = [head, *(f"{split} {' '.join(items)}" for split, items in groups.items()), *tail]
+    timing = f"{row['seconds']:.1f} s" if "seconds" in row else ""
+    if left is not None:
+        timing += f", about {_duration(left)} left"
+    return " | ".join(parts + ([timing] if timing else []))
+
+
+def _duration(seconds: float) -> str:
+    """Seconds for people.
+
+    >>> _duration(3725), _duration(85), _duration(4)
+    ('1 h 2 min', '1 min 25 s', '4 s')
+    """
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds} s"

@@ -8,7 +8,7 @@ not pull in numpy, PyTorch or scikit-learn.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 SPLITS = ("train", "val", "test")
@@ -88,3 +88,17 @@ def data_provenance(dataset: str, info: Mapping[str, Any]) -> dict[str, Any]:
         "sha256_of": read.get("sha256_of") or source.get("sha256_of"),
         "path": source.get("path"),
     }
+
+
+#: One dataset order in every figure and table (the paper's), then any other dataset alphabetically.
+DATASET_ORDER = ("chest_xray", "aptos")
+
+
+def dataset_order(datasets: Iterable[str]) -> list[str]:
+    """The datasets present, in :data:`DATASET_ORDER`.
+
+    >>> dataset_order(["aptos", "chest_xray", "aptos"])
+    ['chest_xray', 'aptos']
+    """
+    present = set(datasets)
+    return [d for d in DATASET_ORDER if d in present] + sorted(present - set(DATASET_ORDER))

@@ -61,7 +61,9 @@ class PrivacyRecord:
     def summary_view(self) -> dict[str, Any]:
         """The privacy columns of ``results/summary.csv``."""
         return {
+            "privacy_mechanism": self.mechanism,
             "epsilon": self.epsilon,
+            "epsilon_per_image": self.epsilon if self.unit == "image" else self.details.get("epsilon_per_image"),
             "delta": self.delta,
             "accountant": self.accountant if self.epsilon is not None else None,
             "privacy_unit": self.unit,

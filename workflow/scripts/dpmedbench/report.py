@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,11 +11,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .auditfigures import audit_epsilon, ldp_reidentification
 from .fileio import atomic_outputs
+
+log = logging.getLogger(__name__)
+from .names import dataset_order
 
 #: Numbers the paper's text reports (Singh et al. 2020, section "Experimental Result"): the non-private
 #: baselines' train/test accuracy in %. LDP and DP-SGD values appear only as bars in its Figure 4.
@@ -33,12 +39,25 @@ TABLE_METRICS = {
     "test_quadratic_kappa": "QWK",
     "audit_auc": "MIA AUC",
     "audit_tpr_at_1pct_fpr": "MIA TPR@1%FPR",
+    "audit_epsilon_lb": "MIA ε lower bound",
+    "audit_epsilon_ceiling": "ε bound ceiling",
     "audit_lira_auc": "LiRA AUC",
     "audit_lira_tpr_at_1pct_fpr": "LiRA TPR@1%FPR",
+    "audit_lira_epsilon_lb": "LiRA ε lower bound",
+    "audit_canary_epsilon_lb": "canary ε lower bound",
 }
 #: Columns left out of the formatted tables when no cell has them (the calibrated attack is optional).
-OPTIONAL_METRICS = ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr", "epsilon_patient")
+OPTIONAL_METRICS = (
+    "audit_lira_auc",
+    "audit_lira_tpr_at_1pct_fpr",
+    "audit_lira_epsilon_lb",
+    "epsilon_patient",
+    "audit_epsilon_lb",
+    "audit_epsilon_ceiling",
+    "audit_canary_epsilon_lb",
+)
 MECHANISM_ORDER = {"none": 0, "ldp": 1, "dpsgd": 2}
+
 LABELS = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
 
 
@@ -59,7 +78,9 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     out["_order"] = out["mechanism"].map(MECHANISM_ORDER)
-    return out.sort_values(["dataset", "_order", "beta"]).drop(columns="_order").reset_index(drop=True)
+    out["_dataset"] = out["dataset"].map({d: i for i, d in enumerate(dataset_order(out["dataset"]))})
+    out = out.sort_values(["_dataset", "_order", "beta"]).drop(columns=["_order", "_dataset"])
+    return out.reset_index(drop=True)
 
 
 def _cell(mean: float, sd: float, percent: bool, digits: int = 3) -> str:
@@ -138,6 +159,7 @@ def _write_table(table: pd.DataFrame, shown: pd.DataFrame, caption: str, paths: 
         table.to_csv(csv_tmp, index=False)
         md_tmp.write_text(f"{caption}\n\n{shown.to_markdown(index=False)}\n")
         tex_tmp.write_text(_latex(shown, caption))
+    log.info("wrote %s: %d rows, %d columns", ", ".join(map(str, paths)), len(shown), len(shown.columns))
 
 
 def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
@@ -194,7 +216,11 @@ def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], pa
         "Results per dataset, mechanism and β: mean ± sd over seeds; accuracies at the epoch of best "
         f"validation accuracy, except the authors' max test accuracy over epochs. {_epsilon_caption(summary)} "
         "The membership-inference (MIA, LiRA) figures use the training images: they measure the guarantee and are "
-        "not covered by it. " + OUTSIDE_NOTE,
+        "not covered by it. Their ε lower bounds (95 %, threshold chosen on half of the images) estimate the leakage "
+        "the attack shows; the ceiling is the most the sample sizes could show, whatever the attack. TPR at 1 % FPR "
+        "is left empty where fewer than 100 non-members cannot resolve a 1 % false-positive rate. The canary "
+        "bound (one-run audit, when canaries ran) is for a model trained with canaries, not the released one. "
+        + OUTSIDE_NOTE,
         [Path(p) for p in main],
     )
     comparison = paper_comparison(table)
@@ -239,6 +265,7 @@ def write_data_table(*, infos: Mapping[str, str | os.PathLike[str]], outputs: Se
     with atomic_outputs(*outputs) as (csv_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
         md_tmp.write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+    log.info("wrote %s: one row per dataset (%s)", ", ".join(map(str, outputs)), ", ".join(map(str, infos)))
     return table
 
 
@@ -248,6 +275,7 @@ def _save(fig: plt.Figure, outputs: Sequence[str | os.PathLike[str]], dpi: int) 
         for tmp, final in zip(tmps, outputs, strict=True):
             fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+    log.info("wrote %s", ", ".join(map(str, outputs)))
 
 
 def _cell_label(mechanism: str, beta: float) -> str:
@@ -291,6 +319,7 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
         height=2.6,
         aspect=1.25,
         col_order=[LABELS[m] for m in MECHANISM_ORDER if LABELS[m] in set(data["mechanism"])],
+        row_order=dataset_order(data["dataset"]),
     )
     grid.set_axis_labels("epoch", "accuracy (%)")
     grid.set_titles("{row_name} · {col_name}")
@@ -324,6 +353,7 @@ def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
         col="dataset",
         kind="bar",
         order=order,
+        col_order=dataset_order(long["dataset"]),
         errorbar="sd",
         height=3.2,
         aspect=1.4,
@@ -361,6 +391,20 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
     return f"ε ({'; '.join(parts)})" if parts else "ε"
 
 
+def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
+    """The sorted values, leaving out any within a factor ``gap`` of the last one kept (their labels would
+    overlap on a log axis).
+
+    >>> distinct_ticks(pd.Series([0.25, 0.248, 0.5, 0.49, 1.0, 0.99]))
+    [0.248, 0.49, 0.99]
+    """
+    kept: list[float] = []
+    for value in sorted(set(values)):
+        if not kept or value > kept[-1] * gap:
+            kept.append(float(value))
+    return kept
+
+
 def _epsilon_plot(
     summary_csv: str,
     ys: Mapping[str, str],
@@ -369,14 +413,18 @@ def _epsilon_plot(
     outputs: Sequence[str],
     dpi: int,
     chance: float | None = None,
+    percent: bool = False,
 ) -> None:
     """``ys``: summary columns to draw (column -> label); columns no cell has are left out, and with more than
-    one left, the line style tells them apart (the colour is the mechanism)."""
+    one left, the line style tells them apart (the colour is the mechanism). ``percent``: the columns are
+    fractions, drawn in % on a 0-100 axis with the non-private baseline (mean over seeds) as a dashed line."""
     summary = pd.read_csv(summary_csv)
+    scale = 100.0 if percent else 1.0
+    baselines = summary[summary["mechanism"] == "none"].groupby("dataset")[next(iter(ys))].mean() * scale
     data = summary[pd.to_numeric(summary["epsilon"], errors="coerce") > 0].copy()
     present = [c for c in ys if c in data and pd.to_numeric(data[c], errors="coerce").notna().any()] or [next(iter(ys))]
     data = pd.concat(
-        [data.assign(value=pd.to_numeric(data[c], errors="coerce"), measure=ys[c]) for c in present],
+        [data.assign(value=scale * pd.to_numeric(data[c], errors="coerce"), measure=ys[c]) for c in present],
         ignore_index=True,
     )
     style = "measure" if len(present) > 1 else "mechanism"
@@ -385,7 +433,8 @@ def _epsilon_plot(
         1, max(1, data["dataset"].nunique()), figsize=(5 * max(1, data["dataset"].nunique()), 4.4), squeeze=False
     )
     palette = dict(zip((LABELS["ldp"], LABELS["dpsgd"]), sns.color_palette(n_colors=2), strict=True))
-    for ax, (dataset, group) in zip(axes[0], data.groupby("dataset"), strict=False):
+    groups = [(d, data[data["dataset"] == d]) for d in dataset_order(data["dataset"])]
+    for ax, (dataset, group) in zip(axes[0], groups, strict=False):
         xlabel = _epsilon_label(group)
         group = group.assign(mechanism=group["mechanism"].map(LABELS))
         sns.lineplot(
@@ -400,12 +449,21 @@ def _epsilon_plot(
             ax=ax,
         )
         ax.set_xscale("log")
+        ticks = distinct_ticks(pd.to_numeric(group["epsilon"], errors="coerce").dropna())
+        ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])  # the cells' own ε, not 3×10⁻¹
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(dataset)
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+            ax.set_ylim(0, 1.02)  # the whole AUC range: a small effect looks small
             ax.legend()
+        if percent:
+            ax.set_ylim(0, 102)
+            if dataset in baselines and pd.notna(baselines[dataset]):
+                ax.axhline(baselines[dataset], color="0.3", linestyle="--", linewidth=1, label="no privacy (baseline)")
+                ax.legend()
         # Below the panel, so that no legend hides a line.
         sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False, fontsize="small")
     if data.empty:
@@ -420,10 +478,11 @@ def privacy_utility(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> No
     _epsilon_plot(
         summary_csv,
         {"test_acc": "test accuracy"},
-        "test accuracy",
+        "test accuracy (%)",
         "Privacy-utility: test accuracy against ε",
         outputs,
         dpi,
+        percent=True,
     )
 
 
@@ -441,7 +500,7 @@ def audit_plot(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
     )
 
 
-FIGURES = ("figure3", "figure4", "privacy_utility", "audit")
+FIGURES = ("figure3", "figure4", "privacy_utility", "audit", "audit_epsilon", "ldp_reidentification")
 
 
 def draw_figures(
@@ -461,3 +520,5 @@ def draw_figures(
     figure4(summary_csv=summary_csv, outputs=pair("figure4"), dpi=dpi)
     privacy_utility(summary_csv=summary_csv, outputs=pair("privacy_utility"), dpi=dpi)
     audit_plot(summary_csv=summary_csv, outputs=pair("audit"), dpi=dpi)
+    audit_epsilon(summary_csv=summary_csv, outputs=pair("audit_epsilon"), dpi=dpi)
+    ldp_reidentification(summary_csv=summary_csv, outputs=pair("ldp_reidentification"), dpi=dpi)

@@ -4,7 +4,6 @@ SIGTERM handling. Used by training, evaluation and the benchmarks alike."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 import signal
@@ -15,15 +14,7 @@ import torch
 
 from . import __version__
 from .errors import TrainingError
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and platforms.
-
-    >>> derive_seed(0, 1, "sample") == derive_seed(0, 1, "sample") != derive_seed(0, 2, "sample")
-    True
-    """
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+from .seeds import derive_seed as derive_seed  # re-exported: the training stage's streams use it
 
 
 def cpu_threads(requested: int) -> int:

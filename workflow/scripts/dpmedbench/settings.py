@@ -52,6 +52,7 @@ class CellConfig:
     device: str = "auto"  # where it runs: not a result setting
     eval_batch: int = 256  # speed and memory only
     max_physical_batch: int = 128  # chunks of a non-private batch: BatchNorm's statistics depend on it
+    canaries: int = 0  # the one-run audit's canaries (evaluation.canaries; DP-SGD cells)
     dpsgd: DPSettings = field(default_factory=DPSettings)
 
 

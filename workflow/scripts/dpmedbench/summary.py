@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_outputs
+
+log = logging.getLogger(__name__)
+from .names import dataset_order
 from .privacy import PrivacyRecord
 
 COLUMNS = (
@@ -21,7 +25,9 @@ COLUMNS = (
     "data_source",
     "data_synthetic",
     "data_sha256",
+    "privacy_mechanism",
     "epsilon",
+    "epsilon_per_image",
     "delta",
     "accountant",
     "privacy_unit",
@@ -51,12 +57,29 @@ COLUMNS = (
     "audit_tpr_at_1pct_fpr",
     "audit_n",
     "audit_members",
+    "audit_epsilon_lb",
+    "audit_epsilon_ceiling",
     "audit_clean_auc",
     "audit_clean_tpr_at_1pct_fpr",
     "audit_lira_auc",
     "audit_lira_tpr_at_1pct_fpr",
     "audit_lira_n",
     "audit_lira_references",
+    "audit_lira_epsilon_lb",
+    "audit_canaries",
+    "audit_canary_guesses",
+    "audit_canary_correct",
+    "audit_canary_epsilon_lb",
+    "audit_canary_epsilon_ceiling",
+    "ldp_reid_top1",
+    "ldp_reid_top5",
+    "ldp_reid_chance_top1",
+    "ldp_reid_queries",
+    "ldp_psnr_db_noisy",
+    "ldp_ssim_noisy",
+    "ldp_psnr_db_denoised",
+    "ldp_ssim_denoised",
+    "ldp_denoiser",
 )
 
 
@@ -66,6 +89,7 @@ def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str
     headline = evaluation["audit"][evaluation["audit_headline"]]
     clean = evaluation["audit"].get("clean_members", {})
     lira = evaluation["audit"].get("lira", {})
+    canaries = evaluation["audit"].get("canaries", {})
     return {
         **metrics["cell"],
         "data_source": (metrics.get("data") or {}).get("source"),
@@ -92,13 +116,41 @@ def summary_row(metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str
         "audit_auc": headline["auc"],
         "audit_tpr_at_1pct_fpr": headline["tpr_at_1pct_fpr"],
         "audit_n": headline["n_members"],
-        "audit_members": headline["members"],
+        "audit_members": evaluation["audit_headline"],  # a code: members | noisy_members (README, Results)
+        "audit_epsilon_lb": (headline.get("epsilon") or {}).get("epsilon_lb"),
+        "audit_epsilon_ceiling": (headline.get("epsilon") or {}).get("epsilon_ceiling"),
         "audit_clean_auc": clean.get("auc"),
         "audit_clean_tpr_at_1pct_fpr": clean.get("tpr_at_1pct_fpr"),
         "audit_lira_auc": lira.get("auc"),
         "audit_lira_tpr_at_1pct_fpr": lira.get("tpr_at_1pct_fpr"),
         "audit_lira_n": lira.get("n_members"),
         "audit_lira_references": lira.get("reference_models"),
+        "audit_lira_epsilon_lb": (lira.get("epsilon") or {}).get("epsilon_lb"),
+        "audit_canaries": canaries.get("canaries"),
+        "audit_canary_guesses": canaries["guesses_in"] + canaries["guesses_out"] if canaries else None,
+        "audit_canary_correct": canaries.get("correct"),
+        "audit_canary_epsilon_lb": canaries.get("epsilon_lb"),
+        "audit_canary_epsilon_ceiling": canaries.get("epsilon_ceiling"),
+    }
+
+
+def attack_columns(attack: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary's ``ldp_*`` columns from a Local-DP copy's ``attack.json`` (its training split); empty
+    values for cells without a copy."""
+    found = (attack or {}).get("splits", {}).get("train")
+    if not found:
+        return {}
+    reid, rec = found["reidentification"], found["reconstruction"]
+    return {
+        "ldp_reid_top1": reid["top1"],
+        "ldp_reid_top5": reid["top5"],
+        "ldp_reid_chance_top1": reid["chance_top1"],
+        "ldp_reid_queries": reid["queries"],
+        "ldp_psnr_db_noisy": rec["psnr_db_noisy"],
+        "ldp_ssim_noisy": rec["ssim_noisy"],
+        "ldp_psnr_db_denoised": rec["psnr_db_denoised"],
+        "ldp_ssim_denoised": rec["ssim_denoised"],
+        "ldp_denoiser": found["denoiser"]["description"],
     }
 
 
@@ -107,16 +159,30 @@ def write_summary(
     metrics: Sequence[str | os.PathLike[str]],
     evaluations: Sequence[str | os.PathLike[str]],
     out_csv: str | os.PathLike[str],
+    attacks: Sequence[str | os.PathLike[str]] = (),
 ) -> list[dict[str, Any]]:
-    """One row per cell, ordered by dataset, mechanism, beta, seed."""
-    rows = [
-        summary_row(json.loads(Path(m).read_text()), json.loads(Path(e).read_text()))
-        for m, e in zip(metrics, evaluations, strict=True)
-    ]
+    """One row per cell, ordered by dataset, mechanism, beta, seed; Local-DP cells carry their copy's attack
+    figures (``attacks``: the copies' ``attack.json``)."""
+    copies = {}
+    for path in attacks:
+        attack = json.loads(Path(path).read_text())
+        copies[(attack["dataset"], float(attack["beta"]))] = attack
+    rows = []
+    for m, e in zip(metrics, evaluations, strict=True):
+        row = summary_row(json.loads(Path(m).read_text()), json.loads(Path(e).read_text()))
+        if row["mechanism"] == "ldp":
+            row.update(attack_columns(copies.get((row["dataset"], float(row["beta"])))))
+        rows.append(row)
     order = {"none": 0, "ldp": 1, "dpsgd": 2}
-    rows.sort(key=lambda r: (r["dataset"], order[r["mechanism"]], r["beta"], r["seed"]))
+    datasets = {d: i for i, d in enumerate(dataset_order(r["dataset"] for r in rows))}
+    rows.sort(key=lambda r: (datasets[r["dataset"]], order[r["mechanism"]], r["beta"], r["seed"]))
     with atomic_outputs(out_csv) as (tmp,), open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    log.info(
+        "wrote %s: %d cells (%s), %d columns; %d Local-DP cells with their copy's attack figures",
+        out_csv, len(rows), ", ".join(sorted({f"{r['dataset']}/{r['mechanism']}" for r in rows})), len(COLUMNS),
+        sum(r.get("ldp_reid_top1") is not None for r in rows),
+    )  # fmt: skip
     return rows

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .canaries import Canaries, choose_canaries
 from .checkpoint import RunState, load_resume, save_resume, write_outputs
 from .errors import TrainingError
 from .loop import fit
@@ -72,7 +73,8 @@ def train_cell(
     classes = _classes(splits, train[0], val[0])
     identity = (config.dataset, config.mechanism, config.beta, config.seed)
     streams = Streams(*identity, *(() if reference is None else ("reference", reference)))
-    data = _training_data(train[1], train_subset, ldp_privacy, data_info, dataset=config.dataset)
+    canaries = _canaries(config, splits, classes, streams, audited=reference is None and train_subset is None)
+    data = _training_data(train[1], train_subset, ldp_privacy, data_info, dataset=config.dataset, canaries=canaries)
     plan = plan_for(config.mechanism)(config, data=data, streams=streams)
     log.info("%s", plan.describe())
     torch.manual_seed(streams.seed_for("init"))
@@ -97,14 +99,42 @@ def train_cell(
         )
     metrics = cell_metrics(config, state, plan, classes=classes, n=len(splits["train"]), device=device)
     metrics["data"] = data_provenance(config.dataset, json.loads(Path(data_info).read_text())) if data_info else None
+    metrics["canaries"] = canaries.to_json() if canaries else None
     metrics.update(train_subset=train_subset is not None, seconds_this_run=round(time.perf_counter() - started, 2))
     meta = {"classes": classes, "norm": plan.norm, "crop": config.crop, "normalize": config.normalize}
     write_outputs(out, state=state, model=model, plan=plan, meta=meta, metrics=metrics)
+    log.info("%s", privacy_line(metrics["privacy"]))
     log.info(
         "best epoch %d: val acc %.4f, test acc %.4f; best test acc over epochs %.4f (epoch %d, optimistic)",
         *(metrics[k] for k in ("best_epoch", "val_acc", "test_acc", "test_acc_max", "test_acc_max_epoch")),
     )
     return metrics
+
+
+def privacy_line(privacy: Mapping[str, Any]) -> str:
+    """The cell's guarantee in one sentence for the log: the headline epsilon with its accountant, delta, unit
+    and target, and why another accountant's figure differs.
+
+    >>> line = privacy_line({"epsilon": 0.996, "delta": 1e-4, "accountant": "prv", "unit": "image",
+    ...                      "target_epsilon": 1.0, "epsilon_rdp": 1.114})
+    >>> line[:81]
+    'privacy: epsilon = 0.996 at delta = 0.0001 per image (prv accountant; target 1); '
+    >>> line[81:]
+    'by RDP 1.114, a looser bound on the same noise (the per-epoch lines show RDP)'
+    >>> privacy_line({"epsilon": None, "epsilon_reason": "non-private baseline"})
+    'privacy: no epsilon (non-private baseline)'
+    """
+    if privacy.get("epsilon") is None:
+        return f"privacy: no epsilon ({privacy.get('epsilon_reason') or 'no guarantee'})"
+    target = privacy.get("target_epsilon")
+    line = (
+        f"privacy: epsilon = {privacy['epsilon']:.3f} at delta = {privacy.get('delta'):g} per {privacy.get('unit')} "
+        f"({privacy.get('accountant')} accountant{f'; target {target:g}' if target else ''})"
+    )
+    rdp = privacy.get("epsilon_rdp")
+    if rdp is not None and privacy.get("accountant") != "rdp":
+        line += f"; by RDP {rdp:.3f}, a looser bound on the same noise (the per-epoch lines show RDP)"
+    return line
 
 
 def _load_splits(
@@ -120,6 +150,27 @@ def _load_splits(
     return splits
 
 
+def _canaries(
+    config: CellConfig, splits: dict[str, Split], classes: int, streams: Streams, *, audited: bool
+) -> Canaries | None:
+    """The one-run audit's canaries (``config.canaries``), applied to ``splits["train"]``; none for reference
+    models and training subsets, which are not audited this way."""
+    if not config.canaries:
+        return None
+    if not audited:
+        log.info("canaries: none in a reference model or a training subset (only the cell itself is audited)")
+        return None
+    labels = splits["train"].labels.cpu().numpy()
+    canaries = choose_canaries(labels, config.canaries, classes=classes, seed=streams.seed_for("canaries"))
+    splits["train"] = canaries.apply(splits["train"])
+    log.info(
+        "canaries: %d training images given a wrong label, %d of them trained on (each with probability 1/2); "
+        "the left-out %d are not trained on; this model is the audited one, not a release",
+        config.canaries, int(canaries.included.sum()), int((~canaries.included).sum()),
+    )  # fmt: skip
+    return canaries
+
+
 def _training_data(
     manifest: str,
     subset: np.ndarray | None,
@@ -127,10 +178,13 @@ def _training_data(
     data_info: str | os.PathLike[str] | None,
     *,
     dataset: str,
+    canaries: Canaries | None = None,
 ) -> TrainingData:
     groups = read_groups(manifest)
     if subset is not None:
         groups = groups[np.asarray(subset)]
+    if canaries is not None:
+        groups = canaries.groups(groups)
     patients = data_info is not None and groups_are_patients(dataset, json.loads(Path(data_info).read_text())["source"])
     return TrainingData(n=len(groups), groups=groups, groups_are_patients=patients, ldp_privacy=ldp_privacy)
 

@@ -14,6 +14,13 @@ RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 RESNET18_SHA256_PREFIX = "f37072fd"
 
 
+#: What to do when the weights cannot be downloaded here.
+OFFLINE_FIX = (
+    "No internet here? Download resnet18-f37072fd.pth elsewhere (" + RESNET18_URL + ") and set model.weights: "
+    "<its path>, or set model.pretrained: false to train from scratch"
+)
+
+
 class WeightsError(DPMedBenchError):
     """Pretrained weights are missing or unusable."""
 
@@ -31,11 +38,16 @@ def check_weights(path: str | os.PathLike[str]) -> str:
     return digest
 
 
-def fetch_weights(*, url: str, dest: str | os.PathLike[str]) -> Path:
-    """Download the weights to ``dest`` (resumable) and check them; a bad file is deleted, never kept."""
+def fetch_weights(*, url: str, dest: str | os.PathLike[str], retries: int = 2, backoff: float = 2.0) -> Path:
+    """Download the weights to ``dest`` (resumable) and check them; a bad file is deleted, never kept. Offline,
+    the error says how to run without a download (a local file, or no pretraining)."""
     from .download import http_download
+    from .errors import DownloadError
 
-    path = http_download(url, Path(dest).with_name(Path(dest).name + ".download"))
+    try:
+        path = http_download(url, Path(dest).with_name(Path(dest).name + ".download"), retries=retries, backoff=backoff)
+    except DownloadError as exc:
+        raise WeightsError(f"{exc}. {OFFLINE_FIX}") from exc
     try:
         check_weights(path)
     except WeightsError:
