@@ -11,6 +11,8 @@ import pytest
 from dpmedbench.report import PAPER_BASELINES, aggregate, draw_figures, write_tables
 from dpmedbench.summary import COLUMNS
 
+from .latex import assert_fits_the_page, compile_tables
+
 
 @pytest.fixture
 def results(tmp_path):
@@ -62,11 +64,13 @@ def test_aggregate_over_seeds(results):
 
 def test_tables_in_three_formats(results, tmp_path):
     summary, _, _ = results
-    main = [str(tmp_path / f"main.{e}") for e in ("csv", "md", "tex")]
-    paper = [str(tmp_path / f"paper.{e}") for e in ("csv", "md", "tex")]
+    main = [str(tmp_path / f"main.{e}") for e in ("csv", "md", "tex", "html")]
+    paper = [str(tmp_path / f"paper.{e}") for e in ("csv", "md", "tex", "html")]
     write_tables(summary_csv=summary, main=main, paper=paper)
     md = (tmp_path / "main.md").read_text()
     assert "65.0 ± 7.1" in md and "| Local-DP" in md
+    page = (tmp_path / "main.html").read_text()
+    assert page.count("<tr") == 11 and "<caption>Results per dataset" in page and "65.0 ± 7.1" in page
     tex = (tmp_path / "main.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex and "±" not in tex
     comparison = pd.read_csv(tmp_path / "paper.csv")
@@ -74,6 +78,28 @@ def test_tables_in_three_formats(results, tmp_path):
     assert baseline["paper test (%)"].astype(float).item() == PAPER_BASELINES["chest_xray"][1]
     assert baseline["ours test, best-test epoch (authors' protocol, %)"].item() == 90.0
     assert baseline["ours test, best-val epoch (%)"].item() == 65.0
+
+
+def test_latex_tables_compile_and_fit_an_article_page(results, tmp_path):
+    """Every table, with every optional column present, compiles with pdflatex (booktabs, tabularx) and fits
+    the text width of a plain article page; no raw Unicode reaches LaTeX."""
+    summary, _, _ = results
+    frame = pd.read_csv(summary)
+    for col in ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr", "audit_lira_epsilon_lb", "audit_epsilon_lb",
+                "audit_epsilon_ceiling", "audit_canary_epsilon_lb", "epsilon_patient"):  # fmt: skip
+        frame[col] = 0.5
+    frame["privacy_unit"] = np.where(frame["mechanism"] == "dpsgd", "patient", "pixel value")
+    frame["accountant"], frame["delta"] = "prv", 1e-4
+    full = tmp_path / "full.csv"
+    frame.to_csv(full, index=False)
+    main = [tmp_path / f"main.{e}" for e in ("csv", "md", "tex", "html")]
+    paper = [tmp_path / f"paper.{e}" for e in ("csv", "md", "tex", "html")]
+    write_tables(summary_csv=full, main=[str(p) for p in main], paper=[str(p) for p in paper])
+    for tex in (main[2], paper[2]):
+        assert all(ord(ch) < 128 for ch in tex.read_text()), tex
+    log = compile_tables(main[2], paper[2], folder=tmp_path)
+    assert_fits_the_page(log)
+    assert "part 1 of" in main[2].read_text()  # 20 columns do not fit one table
 
 
 def test_figures_are_drawn(results, tmp_path):

@@ -19,6 +19,7 @@ from dpmedbench.fileio import source_digest
 
 from . import chromium
 from .conftest import clone, extract, rewrite_zip
+from .latex import assert_fits_the_page, compile_tables
 
 pytestmark = pytest.mark.e2e
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -106,7 +107,7 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
         assert set(evaluation["audit"]) == expected_audits
     summary = pd.read_csv(demo / "results" / "summary.csv")
     for name in ("main", "paper_comparison"):
-        for ext in ("csv", "md", "tex"):
+        for ext in ("csv", "md", "tex", "html"):
             assert (demo / "results" / "tables" / f"{name}.{ext}").stat().st_size > 100
     for name in FIGURES:
         for ext in ("png", "pdf"):
@@ -115,6 +116,11 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
     assert summary.loc[summary["mechanism"] == "none", "epsilon"].isna().all()
     again = snakemake(demo, "--configfile", "config/demo.yaml")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_the_demos_latex_tables_compile_and_fit_a_page(demo, tmp_path):
+    tables = demo / "results" / "tables"
+    assert_fits_the_page(compile_tables(tables / "main.tex", tables / "paper_comparison.tex", folder=tmp_path))
 
 
 def test_the_end_of_a_run_shows_the_results_and_where_they_are(demo):
@@ -505,6 +511,7 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
     expected |= {f"results/figures/figure2_{d}.png" for d in ("chest_xray", "aptos")}
     expected |= {"results/summary.csv", "results/tables/main.csv", "results/tables/paper_comparison.csv"}
     expected |= {"results/tables/data.csv"}
+    expected |= {f"results/tables/{t}.html" for t in ("main", "paper_comparison", "data")}  # shown as tables
     expected |= {f"results/ldp/{d}/beta{b}/attack.json" for d in ("chest_xray", "aptos") for b in (1, 2, 4)}
     expected |= {f"{c.relative_to(demo).as_posix()}/{f}" for c in cells for f in ("history.csv", "evaluation.json")}
 

@@ -196,7 +196,7 @@ def cell_outputs():
     tables_and_figures = expand(
         "results/tables/{name}.{ext}",
         name=("main", "paper_comparison"),
-        ext=("csv", "md", "tex"),
+        ext=("csv", "md", "tex", "html"),
     )
     tables_and_figures += expand(
         "results/figures/{name}.{ext}",

@@ -67,6 +67,12 @@ rule tables:
             ),
             "results/tables/main.md",
             "results/tables/main.tex",
+            report(
+                "results/tables/main.html",
+                caption="../report/table_main.rst",
+                category="Overview",
+                subcategory="Tables",
+            ),
         ],
         paper=[
             report(
@@ -77,6 +83,12 @@ rule tables:
             ),
             "results/tables/paper_comparison.md",
             "results/tables/paper_comparison.tex",
+            report(
+                "results/tables/paper_comparison.html",
+                caption="../report/table_paper.rst",
+                category="Overview",
+                subcategory="Tables",
+            ),
         ],
     log:
         "logs/tables.log",
@@ -130,6 +142,12 @@ rule data_table:
             subcategory="Tables",
         ),
         md="results/tables/data.md",
+        html=report(
+            "results/tables/data.html",
+            caption="../report/table_data.rst",
+            category="Overview",
+            subcategory="Tables",
+        ),
     log:
         "logs/data_table.log",
     conda:

@@ -12,5 +12,5 @@ run_logged(
     snakemake.log[0],  # noqa: F821
     write_data_table,
     infos=dict(zip(snakemake.params.datasets, snakemake.input, strict=True)),  # noqa: F821
-    outputs=[snakemake.output.csv, snakemake.output.md],  # noqa: F821
+    outputs=[snakemake.output.csv, snakemake.output.md, snakemake.output.html],  # noqa: F821
 )

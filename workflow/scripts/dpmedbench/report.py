@@ -38,11 +38,11 @@ TABLE_METRICS = {
     "test_auroc": "AUROC",
     "test_quadratic_kappa": "QWK",
     "audit_auc": "MIA AUC",
-    "audit_tpr_at_1pct_fpr": "MIA TPR@1%FPR",
+    "audit_tpr_at_1pct_fpr": "MIA TPR at 1% FPR",
     "audit_epsilon_lb": "MIA ε lower bound",
     "audit_epsilon_ceiling": "ε bound ceiling",
     "audit_lira_auc": "LiRA AUC",
-    "audit_lira_tpr_at_1pct_fpr": "LiRA TPR@1%FPR",
+    "audit_lira_tpr_at_1pct_fpr": "LiRA TPR at 1% FPR",
     "audit_lira_epsilon_lb": "LiRA ε lower bound",
     "audit_canary_epsilon_lb": "canary ε lower bound",
 }
@@ -125,40 +125,82 @@ OUTSIDE_NOTE = (
 )
 
 
-def _latex(table: pd.DataFrame, caption: str) -> str:
-    def esc(text: object) -> str:
-        return (
-            str(text)
-            .replace("_", r"\_")
-            .replace("%", r"\%")
-            .replace("±", r"$\pm$")
-            .replace("ε", r"$\varepsilon$")
-            .replace("β", r"$\beta$")
-            .replace("–", "--")
-            .replace("†", r"\textdagger{}")
-        )
+#: Unicode the tables use, as LaTeX (pdflatex with the default fonts knows none of it).
+LATEX = {
+    "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$", "ε": r"$\varepsilon$", "β": r"$\beta$",
+    "δ": r"$\delta$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "–": "--",
+    "—": "---", "†": r"\textdagger{}", "→": r"$\rightarrow$", "…": r"\ldots{}", "·": r"$\cdot$",
+}  # fmt: skip
+#: Value columns per LaTeX table: more are split over several tables that repeat the key columns.
+LATEX_COLUMNS = 5
 
+
+def latex_escape(text: object) -> str:
+    r"""Text for LaTeX, Unicode symbols included.
+
+    >>> latex_escape("ε at δ = 1e-4, 50 % ± 1")
+    '$\\varepsilon$ at $\\delta$ = 1e-4, 50 \\% $\\pm$ 1'
+    """
+    return "".join(LATEX.get(ch, ch) for ch in str(text))
+
+
+def _latex(table: pd.DataFrame, caption: str, keys: int = 3) -> str:
+    """booktabs tables that fit an article page: the first ``keys`` columns on the left of every part, the
+    others :data:`LATEX_COLUMNS` at a time in wrapping ``tabularx`` columns (packages booktabs and tabularx)."""
     cols = list(table.columns)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        f"\\caption{{{esc(caption)}}}",
-        r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}",
-        r"\toprule",
-        " & ".join(esc(c) for c in cols) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    values = [cols[i : i + LATEX_COLUMNS] for i in range(keys, len(cols), LATEX_COLUMNS)] or [[]]
+    lines = []
+    for part, group in enumerate(values, 1):
+        shown = cols[:keys] + group
+        note = f" (part {part} of {len(values)})" if len(values) > 1 else ""
+        lines += [
+            r"\begin{table}[tp]",
+            r"\centering",
+            r"\small",
+            r"\setlength{\tabcolsep}{3pt}",
+            f"\\caption{{{latex_escape(caption) if part == 1 else 'continued'}{note}}}",
+            r"\begin{tabularx}{\linewidth}{" + "l" * keys + r">{\raggedleft\arraybackslash}X" * len(group) + "}",
+            r"\toprule",
+            " & ".join(latex_escape(c) for c in shown) + r" \\",
+            r"\midrule",
+            *(" & ".join(latex_escape(v) for v in row) + r" \\" for row in table[shown].itertuples(index=False)),
+            r"\bottomrule",
+            r"\end{tabularx}",
+            r"\end{table}",
+            "",
+        ]
     return "\n".join(lines)
 
 
+def html_table(shown: pd.DataFrame, caption: str) -> str:
+    """A self-contained HTML page with the table and its caption (shown inside the Snakemake report).
+
+    >>> "<caption>c &amp; d</caption>" in html_table(pd.DataFrame({"a": [1]}), "c & d")
+    True
+    """
+    from html import escape
+
+    body = shown.to_html(index=False, na_rep="–", border=0, classes="results")
+    body = body.replace('<table border="0" class="dataframe results">', '<table class="results">', 1)
+    body = body.replace("<thead>", f"<caption>{escape(caption)}</caption>\n  <thead>", 1)
+    style = (
+        "body{font-family:sans-serif;font-size:13px;margin:8px} table{border-collapse:collapse} "
+        "caption{caption-side:top;text-align:left;max-width:70em;margin-bottom:6px} "
+        "th,td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right} "
+        "th{border-bottom:2px solid #333;vertical-align:bottom} "
+        "td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}"
+    )
+    head = f'<head><meta charset="utf-8"><style>{style}</style></head>'
+    return f"<!DOCTYPE html>\n<html>{head}\n<body>\n{body}\n</body></html>\n"
+
+
 def _write_table(table: pd.DataFrame, shown: pd.DataFrame, caption: str, paths: Sequence[Path]) -> None:
-    with atomic_outputs(*paths) as (csv_tmp, md_tmp, tex_tmp):
+    """``paths``: .csv (every column, unformatted), .md, .tex and .html (formatted)."""
+    with atomic_outputs(*paths) as (csv_tmp, md_tmp, tex_tmp, html_tmp):
         table.to_csv(csv_tmp, index=False)
         md_tmp.write_text(f"{caption}\n\n{shown.to_markdown(index=False)}\n")
         tex_tmp.write_text(_latex(shown, caption))
+        html_tmp.write_text(html_table(shown, caption))
     log.info("wrote %s: %d rows, %d columns", ", ".join(map(str, paths)), len(shown), len(shown.columns))
 
 
@@ -207,7 +249,7 @@ def _epsilon_caption(summary: pd.DataFrame) -> str:
 
 
 def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], paper: Sequence[str]) -> None:
-    """``main`` and ``paper``: (csv, md, tex) paths each."""
+    """``main`` and ``paper``: (csv, md, tex, html) paths each."""
     summary = pd.read_csv(summary_csv)
     table = aggregate(summary)
     _write_table(
@@ -262,9 +304,10 @@ def write_data_table(*, infos: Mapping[str, str | os.PathLike[str]], outputs: Se
         )
     table = pd.DataFrame(rows)
     caption = "Data of this run: which images each dataset is, where they came from, and the SHA-256 of what was read."
-    with atomic_outputs(*outputs) as (csv_tmp, md_tmp):
+    with atomic_outputs(*outputs) as (csv_tmp, md_tmp, html_tmp):
         table.to_csv(csv_tmp, index=False)
         md_tmp.write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+        html_tmp.write_text(html_table(table, caption))
     log.info("wrote %s: one row per dataset (%s)", ", ".join(map(str, outputs)), ", ".join(map(str, infos)))
     return table
 
