@@ -8,10 +8,13 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-report: "workflow/report/workflow.rst"
-
-
 include: "workflow/rules/common.smk"
+
+
+# The landing page of the report: the description, then the main results once summary.csv exists.
+report: REPORT_LANDING
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/ldp.smk"
 include: "workflow/rules/train.smk"

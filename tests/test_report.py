@@ -102,6 +102,29 @@ def test_latex_tables_compile_and_fit_an_article_page(results, tmp_path):
     assert "part 1 of" in main[2].read_text()  # 20 columns do not fit one table
 
 
+def test_single_seed_cells_get_bootstrap_intervals_in_the_figures(results, tmp_path, monkeypatch):
+    """One seed: the privacy-utility plot and Figure 4 draw each cell's 95 % bootstrap interval."""
+    from dpmedbench import report
+
+    summary, _, _ = results
+    frame = pd.read_csv(summary)
+    frame = frame[frame["seed"] == 0].assign(test_accuracy_ci_low=0.5, test_accuracy_ci_high=0.7)
+    frame.to_csv(tmp_path / "one_seed.csv", index=False)
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, outputs, dpi: drawn.append(fig))
+    report.privacy_utility(summary_csv=str(tmp_path / "one_seed.csv"), outputs=[], dpi=60)
+    report.figure4(summary_csv=str(tmp_path / "one_seed.csv"), outputs=[], dpi=60)
+    utility, fig4 = drawn
+    # every ldp and dpsgd cell (2 datasets x 2 mechanisms x 2 betas) has an interval of 50-70 %
+    bars = [c for ax in utility.axes for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    segments = [s for c in bars for s in c.get_segments()]
+    assert len(segments) == 8 and all(np.allclose(sorted(s[:, 1]), [50, 70]) for s in segments)
+    bars4 = [c for ax in fig4.axes for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert len([s for c in bars4 for s in c.get_segments()]) == 10  # and the baselines: 5 cells per dataset
+    for fig in drawn:
+        plt.close(fig)
+
+
 def test_figures_are_drawn(results, tmp_path):
     summary, cells, histories = results
     names = ("figure3", "figure4", "privacy_utility", "audit", "audit_epsilon", "ldp_reidentification")

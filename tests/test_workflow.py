@@ -534,6 +534,8 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
             "result": "learning curve",
         }
         # Through the page itself, as a reader would: Overview > Figures, then each figure.
+        page = (demo / "results" / "report.html").read_text()
+        assert "Main results of this run" in page and "audit" in page  # the landing page's headline table
         assert browser.evaluate(f"{_CLICK}('Overview')") and browser.evaluate(f"{_CLICK}('Figures')")
         for name in figures:
             shown = browser.evaluate(f"{_SHOW}('results/figures/{name}.png')")

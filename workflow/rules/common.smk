@@ -19,7 +19,7 @@ from dpmedbench.config import (  # noqa: E402
     enabled_datasets,
     validate_config,
 )
-from dpmedbench.console import on_error, on_success  # noqa: E402
+from dpmedbench.console import landing_page, on_error, on_success  # noqa: E402
 from dpmedbench.digest import code_digest, script_digest, script_modules  # noqa: E402
 from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.fileio import cached_source_digest  # noqa: E402
@@ -41,6 +41,12 @@ except ConfigError as exc:
     sys.exit(f"dp-medbench: {exc}")
 
 DATASETS = enabled_datasets(config)
+# The report's landing page: workflow/report/workflow.rst, then the main results once a run has written them.
+REPORT_LANDING = landing_page(
+    "workflow/report/workflow.rst",
+    "results/summary.csv",
+    ".snakemake/dpmedbench/report-landing.rst",
+)
 FETCH_KEYS = ("source", "archive", "sha256", "url", "medmnist_size", "demo")
 PREPARE_KEYS = {
     "chest_xray": ("val_fraction", "official_val"),

@@ -64,6 +64,26 @@ def headline(summary_csv: str | os.PathLike[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table)
 
 
+def landing_page(
+    template: str | os.PathLike[str], summary_csv: str | os.PathLike[str], out: str | os.PathLike[str]
+) -> str:
+    """The report's landing page: ``template`` (reStructuredText with Jinja, as Snakemake renders it) followed
+    by the main results from ``summary_csv`` when a run has written it. Returns ``out``'s absolute path."""
+    text = Path(template).read_text()
+    if Path(summary_csv).exists():
+        table = headline(summary_csv).replace("{", "{{ '{' }}").replace("}", "{{ '}' }}")  # literal for Jinja
+        block = (
+            "Main results of this run (means over seeds; every number in ``results/summary.csv``, the full "
+            "table under Overview → Tables)::\n\n" + "\n".join("    " + line for line in table.splitlines()) + "\n\n"
+        )
+        marker = "The exact configuration"  # the results before it, if the page has it
+        text = text.replace(marker, block + marker, 1) if marker in text else text + "\n\n" + block
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return str(out)
+
+
 def on_success(root: str | os.PathLike[str], configfiles: list[str]) -> str:
     """The end-of-run message: the headline results and where everything is."""
     root = Path(root)

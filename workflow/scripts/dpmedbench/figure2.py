@@ -20,6 +20,7 @@ import numpy as np
 from .fileio import atomic_outputs
 from .ldp import MECHANISMS, decode_stored, noisy_batch
 from .names import data_provenance
+from .quality import psnr, ssim
 
 _NAMES = {"chest_xray": "chest X-ray", "aptos": "fundus"}
 
@@ -29,6 +30,17 @@ def _panel_title(beta: float, privacy: dict) -> str:
         return f"β = {beta:g}\nno ε (no formal guarantee)"
     per_value, per_image = privacy["epsilon_per_value"], privacy["epsilon_per_image"]
     return f"β = {beta:g}\nε = {per_value:g} per value\nε = {per_image:.3g} per image"
+
+
+def quality_label(clean: np.ndarray, noisy: np.ndarray) -> str:
+    """PSNR and SSIM of a noisy panel as shown (clipped to [0, 1]) against the clean image.
+
+    >>> quality_label(np.full((16, 16, 1), 0.5, np.float32), np.full((16, 16, 1), 0.6, np.float32))
+    'PSNR 20.0 dB, SSIM 0.984'
+    """
+    shown = np.clip(noisy, 0.0, 1.0)
+    value = psnr(clean, shown)
+    return f"PSNR {min(value, 99.9):.1f} dB, SSIM {ssim(clean, shown):.3f}"
 
 
 def _draw_row(axes: Sequence[Any], panels: list[np.ndarray], titles: list[str], label: str, cmap: str | None) -> None:
@@ -85,7 +97,10 @@ def figure2(
             noisy = [noisy_batch(image[None], beta=beta, **common)[0] for beta in betas]
             privacy = [MECHANISMS[mechanism].privacy(beta, int(image.size)).to_json() for beta in betas]
         panels = [image.astype(np.float32) / 255.0, *noisy]
-        titles = ["clean"] + [_panel_title(beta, record) for beta, record in zip(betas, privacy, strict=True)]
+        titles = ["clean"] + [
+            f"{_panel_title(beta, record)}\n{quality_label(panels[0], shown)}"
+            for beta, record, shown in zip(betas, privacy, noisy, strict=True)
+        ]
         source = "materialised copy" if mechanism == configured else "drawn for comparison"
         _draw_row(axes[row], panels, titles, f"{mechanism}\n({source})", cmap)
     what = data_provenance(dataset, json.loads(Path(data_info).read_text()))["description"] if data_info else dataset

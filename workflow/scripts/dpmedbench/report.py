@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -407,10 +408,22 @@ def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
         ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
+    for ax, dataset in zip(grid.axes.flat, dataset_order(long["dataset"]), strict=False):
+        _figure4_intervals(ax, summary[summary["dataset"] == dataset], order)
     marked = summary.get("train_outside_guarantee", pd.Series(dtype=object)).astype(str).str.lower().eq("true")
     note = "; DP-SGD train accuracy: outside the DP guarantee" if marked.any() else ""
     grid.figure.suptitle(f"Figure 4: accuracy by mechanism and β (model chosen on validation data){note}", y=1.03)
     _save(grid.figure, outputs, dpi)
+
+
+def _figure4_intervals(ax: plt.Axes, cells: pd.DataFrame, order: Sequence[str]) -> None:
+    """95 % bootstrap intervals on the test bars of single-seed cells (the test bar is the right one of each
+    pair; seaborn draws the spread over seeds where there are several)."""
+    for _, cell in single_seed_intervals(cells).iterrows():
+        x = order.index(_cell_label(cell["mechanism"], cell["beta"])) + 0.2
+        value, low, high = (100 * cell[c] for c in ("test_acc", "low", "high"))
+        ax.errorbar(x, value, yerr=[[max(value - low, 0)], [max(high - value, 0)]], fmt="none", ecolor="black",
+                    elinewidth=1, capsize=3)  # fmt: skip
 
 
 def _epsilon_label(cells: pd.DataFrame) -> str:
@@ -432,6 +445,31 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
     if (cells["mechanism"] == "ldp").any():
         parts.append("Local-DP: per pixel value")
     return f"ε ({'; '.join(parts)})" if parts else "ε"
+
+
+def single_seed_intervals(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, mechanism, beta) with exactly one seed: its test accuracy and 95 % bootstrap interval
+    (with several seeds the spread over seeds is drawn instead).
+
+    >>> cells = pd.DataFrame({"dataset": ["d"] * 3, "mechanism": ["dpsgd"] * 3, "beta": [1, 2, 2],
+    ...                       "epsilon": [1.0, 0.5, 0.5], "test_acc": [0.8, 0.7, 0.6],
+    ...                       "test_accuracy_ci_low": [0.7, 0.6, 0.5], "test_accuracy_ci_high": [0.9, 0.8, 0.7]})
+    >>> single_seed_intervals(cells)[["beta", "test_acc", "low", "high"]].values.tolist()
+    [[1.0, 0.8, 0.7, 0.9]]
+    """
+    counts = cells.groupby(GROUP)["test_acc"].transform("size")
+    one = cells[(counts == 1) & cells["test_accuracy_ci_low"].notna() & cells["test_accuracy_ci_high"].notna()]
+    return one.assign(low=one["test_accuracy_ci_low"], high=one["test_accuracy_ci_high"]).astype({"beta": float})
+
+
+def _bootstrap_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any], scale: float) -> None:
+    """95 % bootstrap intervals of single-seed points, in the mechanism's colour."""
+    cells = group.assign(mechanism=group["mechanism"].map({v: k for k, v in LABELS.items()}))
+    for _, cell in single_seed_intervals(cells).iterrows():
+        value, low, high = (scale * cell[c] for c in ("test_acc", "low", "high"))
+        colour = palette.get(LABELS[cell["mechanism"]], "grey")
+        yerr = [[max(value - low, 0)], [max(high - value, 0)]]
+        ax.errorbar(cell["epsilon"], value, yerr=yerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)
 
 
 def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
@@ -503,6 +541,7 @@ def _epsilon_plot(
             ax.set_ylim(0, 1.02)  # the whole AUC range: a small effect looks small
             ax.legend()
         if percent:
+            _bootstrap_bars(ax, group, palette, scale)
             ax.set_ylim(0, 102)
             if dataset in baselines and pd.notna(baselines[dataset]):
                 ax.axhline(baselines[dataset], color="0.3", linestyle="--", linewidth=1, label="no privacy (baseline)")
