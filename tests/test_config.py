@@ -150,3 +150,11 @@ def test_archive_paths_are_expanded_checked_and_only_taken_with_source_local(tmp
     check_local_archives(cfg)
     with pytest.raises(ConfigError, match="source is 'kaggle', which ignores it: set source: local"):
         validate_config({"datasets": {"aptos": {"archive": str(tmp_path / "chest.zip")}}})
+
+
+def test_one_canary_is_refused_with_its_key():
+    with pytest.raises(ConfigError, match=r"datasets.aptos.evaluation.canaries: 1 canary cannot be audited"):
+        validate_config({"datasets": {"aptos": {"evaluation": {"canaries": 1}}}})
+    with pytest.raises(ConfigError, match=r"  evaluation.canaries: 1 canary"):
+        validate_config({"evaluation": {"canaries": 1}})
+    assert validate_config({"evaluation": {"canaries": 2}})["evaluation"]["canaries"] == 2

@@ -176,3 +176,13 @@ def test_one_run_canary_audit_sees_memorisation_and_only_memorisation(tmp_path, 
     else:
         assert audit["epsilon_lb"] < 0.2  # 8 of 16 here: 0
     assert audit["epsilon_lb"] <= audit["epsilon_ceiling"]
+
+
+def test_the_membership_audits_leave_the_canaries_out(tmp_path):
+    """Canaries are audited on their own: the loss and LiRA audits' members are the other training images
+    (a left-out canary was never trained on, an included one on a wrong label)."""
+    from dpmedbench.evaluate import _ordinary_images
+
+    _, manifest = make_split(tmp_path, "train", 6)
+    assert _ordinary_images(None, manifest) is None
+    assert _ordinary_images({"indices": [1, 4]}, manifest).tolist() == [0, 2, 3, 5]

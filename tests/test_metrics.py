@@ -242,3 +242,15 @@ def test_canaries_relabel_drop_and_isolate_exactly_the_chosen_images():
     assert Canaries.from_json(c.to_json()).indices.tolist() == c.indices.tolist()
     with pytest.raises(TrainingError, match="evaluation.canaries"):
         choose_canaries(labels, 21, classes=5, seed=0)
+
+
+def test_a_strong_attack_gets_a_strong_bound():
+    """Members N(2, 1) against non-members N(0, 1), 2,000 each: the bound is far above 0 and below the
+    ceiling. (Choosing the threshold by point estimates picked thresholds with no missed member, 'infinitely
+    good' on the calibration half, and every such audit ended near 0.)"""
+    from dpmedbench.audit import epsilon_lower_bound
+
+    rng = np.random.default_rng(0)
+    bound = epsilon_lower_bound(rng.normal(2, 1, 2000), rng.normal(0, 1, 2000), delta=1e-5, seed=1)
+    assert 2.5 < bound["epsilon_lb"] < bound["epsilon_ceiling"]
+    assert bound["fpr_hi"] < 0.1  # a threshold that excludes most non-members

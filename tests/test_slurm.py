@@ -34,6 +34,7 @@ EXPECTED_JOBS = {
     "summary": 1,
     "tables": 1,
     "data_table": 1,
+    "configuration": 1,
     "figures": 1,
 }
 

@@ -193,6 +193,7 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
     dry = snakemake(demo, "-n", config=config)
     assert _jobs(dry) == {
         "all": 1,
+        "configuration": 1,
         "prepare": 1,
         "ldp_copy": 3,
         "ldp_attack": 3,
@@ -208,6 +209,7 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
     config["image_size"] = 44  # touches both datasets, but no download
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
+        "configuration": 1,
         "prepare": 2,
         "ldp_copy": 6,
         "ldp_attack": 6,
@@ -227,6 +229,7 @@ def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
     dry = snakemake(demo, "-n", config=config)
     assert _jobs(dry) == {
         "all": 1,
+        "configuration": 1,
         "ldp_copy": 2,
         "ldp_attack": 2,
         "figure2": 2,
@@ -241,7 +244,15 @@ def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
     config["betas"] = [1, 2, 4]
     config["seeds"] = [0, 1]
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}
+    assert _jobs(dry) == {
+        "all": 1,
+        "configuration": 1,
+        "train": 14,
+        "evaluate": 14,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
     assert all("seed=1" in w for w in _wildcards(dry))
 
 
@@ -249,12 +260,21 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     config = _demo_config(demo)
     config["datasets"]["chest_xray"]["train"]["lr"] = 0.02
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "train": 7, "evaluate": 7, "summary": 1, "tables": 1, "figures": 1}
+    assert _jobs(dry) == {
+        "all": 1,
+        "configuration": 1,
+        "train": 7,
+        "evaluate": 7,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
     assert all("dataset=chest_xray" in w for w in _wildcards(dry))
     config = _demo_config(demo)
     config["dpsgd"]["max_grad_norm"] = 2.0  # DP-SGD cells only
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
+        "configuration": 1,
         "train": 6,
         "evaluate": 6,
         "summary": 1,
@@ -265,6 +285,7 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     config["datasets"]["chest_xray"]["ldp"]["clip"] = True  # that dataset's copies and their cells
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
+        "configuration": 1,
         "ldp_copy": 3,
         "ldp_attack": 3,
         "figure2": 1,
@@ -276,10 +297,10 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     }
     config = _demo_config(demo)
     config.setdefault("ldp", {})["figure_index"] = 2  # a plotting option: no training
-    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figure2": 2}
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "configuration": 1, "figure2": 2}
     config = _demo_config(demo)
     config["plots"] = {"dpi": 100}  # another plotting option: the result figures only
-    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "figures": 1}
+    assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "configuration": 1, "figures": 1}
 
 
 def test_speed_only_settings_rerun_nothing(demo):
@@ -302,6 +323,7 @@ def test_speed_only_settings_rerun_nothing(demo):
     config.setdefault("model", {})["max_physical_batch"] = 2  # BatchNorm statistics: the BatchNorm cells rerun
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
+        "configuration": 1,
         "train": 8,
         "evaluate": 8,
         "summary": 1,
@@ -314,7 +336,15 @@ def test_the_calibrated_audit_adds_reference_models_and_retrains_no_cell(demo):
     config = _demo_config(demo)
     config["evaluation"] = {"reference_models": 2}
     dry = snakemake(demo, "-n", config=config)
-    assert _jobs(dry) == {"all": 1, "reference": 28, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}
+    assert _jobs(dry) == {
+        "all": 1,
+        "configuration": 1,
+        "reference": 28,
+        "evaluate": 14,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
     assert {w for w in _wildcards(dry) if "ref=" in w} >= {
         "dataset=aptos, mechanism=dpsgd, beta=4, ref=1",
         "dataset=chest_xray, mechanism=none, beta=0, ref=0",
@@ -510,7 +540,7 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
     expected = {f"results/figures/{name}.png" for name in figures}
     expected |= {f"results/figures/figure2_{d}.png" for d in ("chest_xray", "aptos")}
     expected |= {"results/summary.csv", "results/tables/main.csv", "results/tables/paper_comparison.csv"}
-    expected |= {"results/tables/data.csv"}
+    expected |= {"results/tables/data.csv", "results/configuration.html"}
     expected |= {f"results/tables/{t}.html" for t in ("main", "paper_comparison", "data")}  # shown as tables
     expected |= {f"results/ldp/{d}/beta{b}/attack.json" for d in ("chest_xray", "aptos") for b in (1, 2, 4)}
     expected |= {f"{c.relative_to(demo).as_posix()}/{f}" for c in cells for f in ("history.csv", "evaluation.json")}

@@ -76,6 +76,7 @@ SUMMARY_CODE = script_digest(SCRIPTS / "summary.py")
 TABLES_CODE = script_digest(SCRIPTS / "tables.py")
 FIGURES_CODE = script_digest(SCRIPTS / "figures.py")
 DATA_TABLE_CODE = script_digest(SCRIPTS / "datatable.py")
+CONFIGURATION_CODE = script_digest(SCRIPTS / "configuration.py")
 # Settings that change only speed, memory or where a job runs reach the jobs as resources, not params, so
 # changing them reruns nothing (SPEED_ONLY in dpmedbench/settings.py lists them).
 DEVICE = config["device"]
@@ -219,6 +220,7 @@ def cell_outputs():
     return [f"{cell_dir(*c)}/metrics.json" for c in cells()] + [
         "results/summary.csv",
         "results/tables/data.csv",
+        "results/configuration.json",
         *tables_and_figures,
     ]
 
@@ -295,6 +297,15 @@ def train_settings(wildcards):
 def reference_settings(wildcards):
     """A reference model trains exactly like the cells of its configuration, with its own seed."""
     return cell_settings(wildcards, REFERENCE_SEED_BASE + int(wildcards.ref))
+
+
+def result_configuration():
+    """The configuration without its speed-only keys (SPEED_ONLY): what the results depend on."""
+    out = {k: v for k, v in config.items() if ("", k) not in SPEED_ONLY}
+    for section, key in SPEED_ONLY:
+        if section:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return canonical(out)
 
 
 def _result_keys(section, values=None):

@@ -131,6 +131,26 @@ rule figures:
         "../scripts/figures.py"
 
 
+rule configuration:
+    output:
+        json="results/configuration.json",
+        html=report(
+            "results/configuration.html",
+            caption="../report/configuration.rst",
+            category="Overview",
+            subcategory="Tables",
+        ),
+    log:
+        "logs/configuration.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        config=result_configuration(),
+        code=CONFIGURATION_CODE,
+    script:
+        "../scripts/configuration.py"
+
+
 rule data_table:
     input:
         expand("data/prepared/{dataset}/info.json", dataset=DATASETS),

@@ -163,15 +163,35 @@ def epsilon_from_rates(tpr: float, fpr: float, delta: float) -> float:
     return max(bounds)
 
 
+def _best_threshold(members: np.ndarray, nonmembers: np.ndarray, *, delta: float, alpha: float) -> float:
+    """The threshold (a score; "member" when the score is at least it) with the largest epsilon bound on these
+    scores, every candidate's rates bounded as in :func:`epsilon_lower_bound` (finite for every candidate)."""
+    from scipy.stats import beta
+
+    candidates = np.unique(np.r_[members, nonmembers])
+    tp = len(members) - np.searchsorted(np.sort(members), candidates, side="left")
+    fp = len(nonmembers) - np.searchsorted(np.sort(nonmembers), candidates, side="left")
+    n_m, n_n = len(members), len(nonmembers)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpr_lo = np.where(tp > 0, beta.ppf(alpha / 2, tp, n_m - tp + 1), 0.0)
+        fpr_hi = np.where(fp < n_n, beta.ppf(1 - alpha / 2, fp + 1, n_n - fp), 1.0)
+        first = np.log(np.maximum(tpr_lo - delta, 0) / fpr_hi)
+        second = np.log(np.maximum(1 - fpr_hi - delta, 0) / (1 - tpr_lo))
+    bounds = np.nan_to_num(np.maximum(first, second), nan=0.0, neginf=0.0)
+    return float(candidates[int(np.argmax(bounds))])
+
+
 def epsilon_lower_bound(
     member_scores: np.ndarray, nonmember_scores: np.ndarray, *, delta: float, alpha: float = 0.05, seed: int = 0
 ) -> dict:
     """An empirical epsilon lower bound from a membership score (higher = more likely a member).
 
-    Each side is split in half at random: the threshold is chosen on one half (the one with the largest
-    epsilon by point estimates), and the bound is computed on the other half with one-sided Clopper-Pearson
-    bounds TPR_lo and FPR_hi at ``alpha / 2`` each (``1 - alpha`` overall), so choosing the threshold does not
-    bias it upward. ``ceiling``: what a perfect attack would certify with the same sample sizes.
+    Each side is split in half at random: the threshold is chosen on one half (the one whose Clopper-Pearson
+    bounded epsilon is largest there: point estimates would make every threshold with no false positive, or
+    no missed member, look infinitely good), and the bound is computed on the other half with one-sided
+    Clopper-Pearson bounds TPR_lo and FPR_hi at ``alpha / 2`` each (``1 - alpha`` overall), so choosing the
+    threshold does not bias it upward. ``ceiling``: what a perfect attack would certify with the same sample
+    sizes.
     """
     rng = np.random.default_rng(seed)
     members, nonmembers = (rng.permutation(np.asarray(s, dtype=float)) for s in (member_scores, nonmember_scores))
@@ -179,9 +199,7 @@ def epsilon_lower_bound(
         return {"epsilon_lb": None, "epsilon_ceiling": None, "reason": "fewer than 4 images on a side"}
     cal_m, test_m = np.array_split(members, 2)
     cal_n, test_n = np.array_split(nonmembers, 2)
-    candidates = np.unique(np.r_[cal_m, cal_n])
-    estimates = [epsilon_from_rates(np.mean(cal_m >= t), np.mean(cal_n >= t), delta) for t in candidates]
-    threshold = float(candidates[int(np.argmax(estimates))])
+    threshold = _best_threshold(cal_m, cal_n, delta=delta, alpha=alpha)
     tp, fp = int(np.sum(test_m >= threshold)), int(np.sum(test_n >= threshold))
     tpr_lo = clopper_pearson(tp, len(test_m), alpha / 2, "lower")
     fpr_hi = clopper_pearson(fp, len(test_n), alpha / 2, "upper")

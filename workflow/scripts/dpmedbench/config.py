@@ -119,6 +119,16 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             f"invalid configuration:\n  model.crop: {config['model']['crop']} is larger than image_size "
             f"{config['image_size']}"
         )
+    for name in [None, *datasets]:
+        where = "evaluation.canaries" if name is None else f"datasets.{name}.evaluation.canaries"
+        value = (
+            config["evaluation"]["canaries"] if name is None else datasets[name].get("evaluation", {}).get("canaries")
+        )
+        if value == 1:
+            raise ConfigError(
+                f"invalid configuration:\n  {where}: 1 canary cannot be audited (the audit guesses about at least 2); "
+                f"use 0 (off), or hundreds to certify anything"
+            )
     if not any(d["enabled"] for d in datasets.values()):
         raise ConfigError("invalid configuration:\n  datasets: every dataset is disabled; enable at least one")
     for name, ds in datasets.items():

@@ -4,11 +4,15 @@ runs in the Snakemake process, whatever environment the jobs use."""
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 ERROR_LINE = re.compile(r" (ERROR|CRITICAL) dpmedbench[.\w]*: (.*)")
 
@@ -82,6 +86,34 @@ def landing_page(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return str(out)
+
+
+def write_configuration(
+    config: Mapping[str, Any], *, out_json: str | os.PathLike[str], out_html: str | os.PathLike[str]
+) -> None:
+    """The run's configuration, defaults filled in, as JSON and as a page of the report.
+
+    >>> import tempfile, os, json
+    >>> d = tempfile.mkdtemp()
+    >>> out_json, out_html = os.path.join(d, "c.json"), os.path.join(d, "c.html")
+    >>> write_configuration({"betas": [1, 2]}, out_json=out_json, out_html=out_html)
+    >>> json.load(open(out_json))["betas"], "&quot;betas&quot;" in open(out_html).read()
+    ([1, 2], True)
+    """
+    from html import escape
+
+    text = json.dumps(config, indent=2, sort_keys=True)
+    page = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body style="font-family:sans-serif">\n'
+        "<p>The configuration of this run, with the schema's defaults filled in. Settings that change only speed "
+        "or memory (device, model.eval_batch, dpsgd.max_physical_batch, ldp.chunk_images) are left out: they do "
+        f"not change results.</p>\n<pre>{escape(text)}</pre>\n</body></html>\n"
+    )
+    for path, content in ((out_json, text + "\n"), (out_html, page)):
+        tmp = Path(f"{path}.tmp-{os.getpid()}")
+        tmp.write_text(content)
+        os.replace(tmp, path)
+    logging.getLogger(__name__).info("wrote %s and %s: %d top-level keys", out_json, out_html, len(config))
 
 
 def on_success(root: str | os.PathLike[str], configfiles: list[str]) -> str:

@@ -132,9 +132,18 @@ def evaluate_cell(
     for key in ("val_noisy", "val_clean") if cell["mechanism"] == "ldp" else ():
         labels, proba = split(key).labels.cpu().numpy(), predict(model, split(key), prep, eval_batch)[0]
         result[key] = classification_report(labels, proba, kappa=kappa, bootstrap=0)
+    # Canaries are audited on their own: the other audits use the training images trained on as themselves.
+    ordinary = _ordinary_images(record.get("canaries"), inputs["train_clean_csv"])
+
+    def audited(key: str) -> Split:
+        whole = split(key)
+        if ordinary is None or key not in ("train_clean", "train_seen"):
+            return whole
+        return whole.subset(torch.as_tensor(ordinary, device=whole.labels.device))
+
     audits, headline, (members, nonmembers) = _loss_audits(
         lambda s: predict(model, s, prep, eval_batch)[1],
-        split,
+        audited,
         test=(test, test_loss),
         cell=cell,
         inputs=inputs,
@@ -143,7 +152,9 @@ def evaluate_cell(
     )
     if references:  # the headline audit's images, with the calibrated attack
         audits["lira"] = {
-            **_lira(references, members, nonmembers, dev=dev, eval_batch=eval_batch, seed=seed, delta=delta),
+            **_lira(
+                references, members, nonmembers, dev=dev, eval_batch=eval_batch, seed=seed, delta=delta, index=ordinary
+            ),
             "members": audits[headline]["members"],
             "nonmembers": audits[headline]["nonmembers"],
         }
@@ -158,6 +169,17 @@ def evaluate_cell(
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     _log_result(result)
     return result
+
+
+def _ordinary_images(canaries: Mapping[str, Any] | None, manifest: str) -> np.ndarray | None:
+    """Positions of the training images that are not canaries (None without canaries)."""
+    if not canaries:
+        return None
+    from .tensors import read_labels
+
+    keep = np.ones(len(read_labels(manifest)), dtype=bool)
+    keep[np.asarray(canaries["indices"], dtype=np.int64)] = False
+    return np.flatnonzero(keep)
 
 
 def _canary_audit(
@@ -250,6 +272,7 @@ def _lira(
     eval_batch: int,
     seed: int,
     delta: float,
+    index: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Offline LiRA on the headline audit's images: each reference model's losses, and which images it saw."""
     (member_split, member_losses), (nonmember_split, nonmember_losses) = members, nonmembers
@@ -260,6 +283,8 @@ def _lira(
         ref_nonmember.append(predict(ref_model, nonmember_split, ref_prep, eval_batch)[1])
         ref_in.append(np.load(ref_members))
     ins = np.stack(ref_in)
+    if index is not None:  # the audited training images only (the canaries are left out)
+        ins = ins[:, index]
     if ins.shape[1] != len(member_losses):
         raise ValueError(f"{references[0][1]}: {ins.shape[1]} images, the training split has {len(member_losses)}")
     return lira_attack(
