@@ -3,7 +3,6 @@ what an attacker recovers from the Local-DP copies. Built only from ``results/su
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 
@@ -14,10 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .fileio import atomic_outputs
 from .names import dataset_order
-
-log = logging.getLogger(__name__)
+from .plotting import save_figure
 
 #: The empirical bounds drawn, summary column -> (legend label, marker, its ceiling's column).
 BOUNDS = {
@@ -29,14 +26,6 @@ OFFSETS = {"audit_epsilon_lb": 1.0, "audit_lira_epsilon_lb": 1.25, "audit_canary
 COLOURS = {"none": "0.45", "ldp": "tab:blue", "dpsgd": "tab:orange"}
 NAMES = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
 FLOOR = 1e-2  # where a bound of 0 is drawn on the log axis
-
-
-def _save(fig: plt.Figure, outputs: Sequence[str | os.PathLike[str]], dpi: int) -> None:
-    with atomic_outputs(*outputs) as tmps:
-        for tmp, final in zip(tmps, outputs, strict=True):
-            fig.savefig(tmp, format=str(final).rsplit(".", 1)[-1], dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    log.info("wrote %s", ", ".join(map(str, outputs)))
 
 
 def accounted_epsilon(summary: pd.DataFrame) -> pd.Series:
@@ -129,7 +118,7 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.08))
     fig.suptitle("Accounted ε against what the audits can show", y=1.0)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    _save(fig, outputs, dpi)
+    save_figure(fig, outputs, dpi)
 
 
 def ldp_reidentification(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str], dpi: int) -> None:
@@ -162,4 +151,4 @@ def ldp_reidentification(*, summary_csv: str | os.PathLike[str], outputs: Sequen
         ax.grid(alpha=0.3)
     fig.suptitle("Re-identification: matching a noisy copy to its clean original", y=1.0)
     fig.tight_layout()
-    _save(fig, outputs, dpi)
+    save_figure(fig, outputs, dpi)

@@ -1,5 +1,5 @@
 """What the end of a run prints (Snakemake's ``onsuccess`` and ``onerror`` handlers). Standard library only: it
-runs in the Snakemake process, whatever environment the jobs use."""
+runs in the Snakemake process, whatever environment the jobs use (fileio is standard library too)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from statistics import mean
 from typing import Any
+
+from .fileio import atomic_outputs
 
 ERROR_LINE = re.compile(r" (ERROR|CRITICAL) dpmedbench[.\w]*: (.*)")
 
@@ -84,7 +86,8 @@ def landing_page(
         text = text.replace(marker, block + marker, 1) if marker in text else text + "\n\n" + block
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    with atomic_outputs(out) as (tmp,):  # every Snakemake process parses the Snakefile, jobs included
+        tmp.write_text(text)
     return str(out)
 
 
@@ -109,10 +112,9 @@ def write_configuration(
         "or memory (device, model.eval_batch, dpsgd.max_physical_batch, ldp.chunk_images) are left out: they do "
         f"not change results.</p>\n<pre>{escape(text)}</pre>\n</body></html>\n"
     )
-    for path, content in ((out_json, text + "\n"), (out_html, page)):
-        tmp = Path(f"{path}.tmp-{os.getpid()}")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+    with atomic_outputs(out_json, out_html) as (json_tmp, html_tmp):
+        json_tmp.write_text(text + "\n")
+        html_tmp.write_text(page)
     logging.getLogger(__name__).info("wrote %s and %s: %d top-level keys", out_json, out_html, len(config))
 
 

@@ -17,9 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .fileio import atomic_outputs
 from .ldp import MECHANISMS, decode_stored, noisy_batch
 from .names import data_provenance
+from .plotting import save_figure
 from .quality import psnr, ssim
 
 _NAMES = {"chest_xray": "chest X-ray", "aptos": "fundus"}
@@ -112,8 +112,5 @@ def figure2(
         fontsize=9,
     )
     fig.tight_layout()
-    with atomic_outputs(*outputs) as tmps:
-        for tmp, final in zip(tmps, outputs, strict=True):
-            fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    logging.getLogger(__name__).info("wrote %s (training image %d at every beta)", ", ".join(map(str, outputs)), index)
+    save_figure(fig, outputs, dpi=150)
+    logging.getLogger(__name__).info("Figure 2 of %s: training image %d at every beta", dataset, index)

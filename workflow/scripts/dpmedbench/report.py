@@ -19,6 +19,7 @@ import seaborn as sns
 
 from .auditfigures import audit_epsilon, ldp_reidentification
 from .fileio import atomic_outputs
+from .plotting import save_figure
 
 log = logging.getLogger(__name__)
 from .names import dataset_order
@@ -314,12 +315,7 @@ def write_data_table(*, infos: Mapping[str, str | os.PathLike[str]], outputs: Se
 
 
 # ------------------------------------------------------------------------------------------------- figures
-def _save(fig: plt.Figure, outputs: Sequence[str | os.PathLike[str]], dpi: int) -> None:
-    with atomic_outputs(*outputs) as tmps:
-        for tmp, final in zip(tmps, outputs, strict=True):
-            fig.savefig(tmp, format=Path(final).suffix.lstrip("."), dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    log.info("wrote %s", ", ".join(map(str, outputs)))
+_save = save_figure  # one writer for every figure (tests replace it to inspect a figure)
 
 
 def _cell_label(mechanism: str, beta: float) -> str:
