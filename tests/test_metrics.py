@@ -254,3 +254,22 @@ def test_a_strong_attack_gets_a_strong_bound():
     bound = epsilon_lower_bound(rng.normal(2, 1, 2000), rng.normal(0, 1, 2000), delta=1e-5, seed=1)
     assert 2.5 < bound["epsilon_lb"] < bound["epsilon_ceiling"]
     assert bound["fpr_hi"] < 0.1  # a threshold that excludes most non-members
+
+
+def test_accuracy_interval_is_exact_and_not_degenerate_when_every_image_is_right():
+    """A percentile bootstrap says "100-100 %" for 12 of 12 right; the exact interval keeps its width."""
+    y = np.array([0, 1] * 6)
+    proba = np.eye(2)[y].astype(float)
+    r = classification_report(y, proba, kappa=False, bootstrap=200)
+    assert r["accuracy"] == 1.0
+    assert r["accuracy_ci"][1] == 1.0
+    assert r["accuracy_ci"][0] == pytest.approx(0.025 ** (1 / 12), abs=1e-9)  # P(12 of 12 | p) = 2.5 %
+    assert "Clopper-Pearson" in r["ci"]
+    # Against scipy's exact binomial interval for an ordinary case.
+    from scipy.stats import binomtest
+
+    y = np.array([0] * 30 + [1] * 30)
+    pred = np.r_[np.zeros(20), np.ones(10), np.ones(25), np.zeros(5)].astype(int)
+    r = classification_report(y, np.eye(2)[pred], kappa=False, bootstrap=50)
+    exact = binomtest(45, 60).proportion_ci(0.95, method="exact")
+    assert r["accuracy_ci"] == pytest.approx([exact.low, exact.high], abs=1e-9)

@@ -72,10 +72,29 @@ def quadratic_kappa(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(1.0 - (weights * observed).sum() / denom) if denom > 0 else float("nan")
 
 
+def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval of a proportion k/n at ``level`` (each side at (1 - level)/2).
+
+    >>> [round(v, 4) for v in exact_interval(12, 12)]  # all right on 12 images: not "100-100 %"
+    [0.7354, 1.0]
+    >>> [round(v, 4) for v in exact_interval(5, 10)]
+    [0.1871, 0.8129]
+    """
+    from .audit import clopper_pearson  # scipy, lazily (audit imports this module)
+
+    alpha = (1 - level) / 2
+    return clopper_pearson(k, n, alpha, "lower"), clopper_pearson(k, n, alpha, "upper")
+
+
 def classification_report(
     y: np.ndarray, proba: np.ndarray, *, kappa: bool, bootstrap: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict:
-    """Every metric of a cell on one split, with percentile bootstrap intervals for accuracy and AUROC."""
+    """Every metric of a cell on one split, with intervals at ``level``: exact (Clopper-Pearson) for accuracy, a
+    binomial proportion, and a percentile bootstrap for AUROC.
+
+    The accuracy interval is exact because a percentile bootstrap collapses at 0 and 100 %: 12 of 12 right gives
+    "100-100 %" although the truth may well be 80 %. Clopper-Pearson says [73.5, 100] %.
+    """
     y = np.asarray(y, dtype=np.int64)
     k = proba.shape[1]
     pred = proba.argmax(axis=1)
@@ -89,14 +108,15 @@ def classification_report(
     }
     if kappa:
         report["quadratic_kappa"] = quadratic_kappa(y, pred, k)
+    if len(y):
+        report["accuracy_ci"] = list(exact_interval(int(np.sum(y == pred)), len(y), level))
+        report["ci"] = f"{level:.0%}: accuracy exact (Clopper-Pearson)"
     if bootstrap and len(y):
         rng = np.random.default_rng(seed)
         draws = rng.integers(0, len(y), size=(bootstrap, len(y)))
-        accs = np.mean(y[draws] == pred[draws], axis=1)
         aucs = np.array([auroc(y[d], proba[d]) for d in draws])
         lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-        report["accuracy_ci"] = [float(np.percentile(accs, lo)), float(np.percentile(accs, hi))]
         aucs = aucs[np.isfinite(aucs)]
         report["auroc_ci"] = [float(np.percentile(aucs, lo)), float(np.percentile(aucs, hi))] if len(aucs) else None
-        report["ci"] = f"{level:.0%} percentile bootstrap, {bootstrap} resamples"
+        report["ci"] += f"; AUROC percentile bootstrap, {bootstrap} resamples"
     return report

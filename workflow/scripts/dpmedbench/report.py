@@ -413,7 +413,7 @@ def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
 
 
 def _figure4_intervals(ax: plt.Axes, cells: pd.DataFrame, order: Sequence[str]) -> None:
-    """95 % bootstrap intervals on the test bars of single-seed cells (the test bar is the right one of each
+    """Exact 95 % intervals on the test bars of single-seed cells (the test bar is the right one of each
     pair; seaborn draws the spread over seeds where there are several)."""
     for _, cell in single_seed_intervals(cells).iterrows():
         x = order.index(_cell_label(cell["mechanism"], cell["beta"])) + 0.2
@@ -444,7 +444,7 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
 
 
 def single_seed_intervals(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, mechanism, beta) with exactly one seed: its test accuracy and 95 % bootstrap interval
+    """Per (dataset, mechanism, beta) with exactly one seed: its test accuracy and exact 95 % interval
     (with several seeds the spread over seeds is drawn instead).
 
     >>> cells = pd.DataFrame({"dataset": ["d"] * 3, "mechanism": ["dpsgd"] * 3, "beta": [1, 2, 2],
@@ -458,8 +458,8 @@ def single_seed_intervals(cells: pd.DataFrame) -> pd.DataFrame:
     return one.assign(low=one["test_accuracy_ci_low"], high=one["test_accuracy_ci_high"]).astype({"beta": float})
 
 
-def _bootstrap_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any], scale: float) -> None:
-    """95 % bootstrap intervals of single-seed points, in the mechanism's colour."""
+def _interval_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any], scale: float) -> None:
+    """Exact 95 % intervals of the test accuracy of single-seed points, in the mechanism's colour."""
     cells = group.assign(mechanism=group["mechanism"].map({v: k for k, v in LABELS.items()}))
     for _, cell in single_seed_intervals(cells).iterrows():
         value, low, high = (scale * cell[c] for c in ("test_acc", "low", "high"))
@@ -537,7 +537,7 @@ def _epsilon_plot(
             ax.set_ylim(0, 1.02)  # the whole AUC range: a small effect looks small
             ax.legend()
         if percent:
-            _bootstrap_bars(ax, group, palette, scale)
+            _interval_bars(ax, group, palette, scale)
             ax.set_ylim(0, 102)
             if dataset in baselines and pd.notna(baselines[dataset]):
                 ax.axhline(baselines[dataset], color="0.3", linestyle="--", linewidth=1, label="no privacy (baseline)")
