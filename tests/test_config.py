@@ -44,6 +44,19 @@ def test_defaults_are_not_shared_between_configs():
         ({"image_size": "256"}, "image_size: '256' is not of type 'integer'"),
         ({"mechanisms": ["none", "dp"]}, "mechanisms[1]: 'dp' is not one of"),
         ({"datasets": {"chest_xray": {"sha256": "abc"}}}, "datasets.chest_xray.sha256: 'abc' does not match"),
+        ({"datasets": {"aptos": {"ldp": {"neighbourhood": 0}}}}, "datasets.aptos.ldp.neighbourhood: 0 is less than"),
+        ({"datasets": {"aptos": {"ldp": {"block": 0}}}}, "datasets.aptos.ldp.block: 0 is less than"),
+        ({"datasets": {"aptos": {"ldp": {"mechanism": "dp-pix"}}}}, "datasets.aptos.ldp.mechanism: 'dp-pix' is not"),
+        ({"datasets": {"aptos": {"ldp": {"mechanism": []}}}}, "datasets.aptos.ldp.mechanism: [] is not"),
+        (
+            {"datasets": {"aptos": {"ldp": {"mechanism": ["dp_pix", "dp_pix"]}}}},
+            "datasets.aptos.ldp.mechanism: ['dp_pix', 'dp_pix'] is not",
+        ),
+        (
+            {"image_size": 250, "model": {"crop": 224}, "datasets": {"chest_xray": {"ldp": {"mechanism": ["dp_pix"]}}}},
+            "datasets.chest_xray.ldp.block: 16 does not divide image_size 250; dp_pix needs whole b x b cells "
+            "(divisors: 1, 2, 5, 10, 25, 50, 125, 250)",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_their_key_path(config, expected):
@@ -158,3 +171,9 @@ def test_one_canary_is_refused_with_its_key():
     with pytest.raises(ConfigError, match=r"  evaluation.canaries: 1 canary"):
         validate_config({"evaluation": {"canaries": 1}})
     assert validate_config({"evaluation": {"canaries": 2}})["evaluation"]["canaries"] == 2
+
+
+def test_a_block_that_dp_pix_does_not_use_is_not_checked():
+    """Only a dataset with dp_pix needs b to divide the image size; laplace_pixel copies ignore the block."""
+    cfg = validate_config({"image_size": 250, "model": {"crop": 224}, "datasets": {"aptos": {"ldp": {"block": 16}}}})
+    assert cfg["datasets"]["aptos"]["ldp"]["mechanism"] == "laplace_pixel"

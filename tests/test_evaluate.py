@@ -17,7 +17,7 @@ from .test_train import make_split, tiny
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.mark.parametrize("mechanism", ["none", "ldp", "dpsgd"])
+@pytest.mark.parametrize("mechanism", ["none", "ldp-laplace_pixel", "dpsgd"])
 def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
     folder = tmp_path / "prepared"
     data = {s: make_split(folder, s, n, seed=i) for i, (s, n) in enumerate((("train", 24), ("val", 8), ("test", 10)))}
@@ -28,7 +28,7 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
         "train_clean_csv": data["train"][1],
     }
     train, val, extra = data["train"], data["val"], {}
-    if mechanism == "ldp":
+    if mechanism == "ldp-laplace_pixel":
         copy = tmp_path / "copy"
         materialise_copy(
             dataset="chest_xray",
@@ -90,7 +90,7 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
     lira = result["audit"]["lira"]
     assert lira["reference_models"] == 2 and lira["members"] == headline["members"] and 0 <= lira["auc"] <= 1
     assert 0 < lira["n_members"] == lira["n_nonmembers"] <= 10
-    if mechanism == "ldp":
+    if mechanism == "ldp-laplace_pixel":
         assert set(result["audit"]) == {"noisy_members", "clean_members", "lira"}
         assert result["val_noisy"]["n"] == result["val_clean"]["n"] == 8
 
@@ -107,7 +107,7 @@ def test_evaluate_and_summarise_a_cell(tmp_path, mechanism):
     assert row["audit_lira_auc"] == lira["auc"] and row["audit_lira_references"] == 2
     if mechanism == "dpsgd":
         assert row["accountant"] == "prv" and row["epsilon"] <= 2.0 + 0.02 and row["steps"] == 6
-    elif mechanism == "ldp":
+    elif mechanism == "ldp-laplace_pixel":
         assert row["epsilon"] == 2.0 and row["audit_clean_auc"] is not None
     else:
         assert row["epsilon"] is None and row["accountant"] is None

@@ -5,11 +5,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from dpmedbench.figure2 import figure2
+from dpmedbench.figure2 import figure2, representative_index
 from dpmedbench.ldp import (
     MECHANISMS,
+    LdpParams,
     beta_label,
     decode_stored,
+    dp_pix_scale,
     laplace_from_bits,
     materialise_copy,
     noisy_batch,
@@ -17,6 +19,7 @@ from dpmedbench.ldp import (
     random_words,
     storage_of,
 )
+from dpmedbench.names import LDP_MECHANISMS
 from dpmedbench.quality import psnr, ssim
 from dpmedbench.synth import fundus_image
 from scipy import stats
@@ -221,8 +224,9 @@ def test_quality_sample():
 
 
 def test_registry_and_labels():
-    assert set(MECHANISMS) == {"laplace_pixel", "laplace_image_shift"}
+    assert set(MECHANISMS) == {"laplace_pixel", "laplace_image_shift", "dp_pix"} == set(LDP_MECHANISMS)
     assert storage_of("laplace_pixel", False) == "float16" and storage_of("laplace_image_shift", False) == "uint8"
+    assert storage_of("dp_pix", False) == "float16" and storage_of("dp_pix", True) == "uint8"
     assert [beta_label(b) for b in (1, 2.0, 0.5, 4)] == ["1", "2", "0.5", "4"]
 
 
@@ -239,30 +243,134 @@ def test_quality_against_scikit_image(clean):
     assert ssim(a, a) == pytest.approx(1.0) and psnr(a, a) == float("inf")
 
 
-def test_figure2_shows_the_materialised_copies(tmp_path, clean):
+def test_figure2_shows_every_mechanism_and_a_representative_image(tmp_path, clean, monkeypatch):
+    import dpmedbench.figure2 as fig2
+
+    drawn = {}
+    monkeypatch.setattr(fig2, "save_figure", lambda fig, outputs, dpi: drawn.update(fig=fig))
     copies, records = [], []
-    for beta in (1.0, 2.0):
-        out, _ = _materialise(tmp_path, clean, name=f"beta{beta:g}", beta=beta)
-        copies.append(out / "train.npy")
-        records.append(out / "privacy.json")
-    outputs = [tmp_path / "fig" / "figure2.png", tmp_path / "fig" / "figure2.pdf"]
-    figure2(
-        dataset="aptos",
-        clean_npy=tmp_path / "clean" / "train.npy",
-        copies=copies,
-        privacy_jsons=records,
-        index=3,
-        seed=42,
-        outputs=outputs,
-    )
-    assert outputs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and outputs[1].read_bytes()[:5] == b"%PDF-"
+    for mechanism in ("laplace_image_shift", "laplace_pixel"):  # any order: rows follow the registry
+        for beta in (1.0, 2.0):
+            out, _ = _materialise(tmp_path, clean, name=f"{mechanism}{beta:g}", beta=beta, mechanism=mechanism)
+            copies.append(out / "train.npy")
+            records.append(out / "privacy.json")
+    common = {"dataset": "aptos", "clean_npy": tmp_path / "clean" / "train.npy", "copies": copies,
+              "privacy_jsons": records, "outputs": []}  # fmt: skip
+    assert figure2(index=3, **common) == 3
+    axes = drawn["fig"].axes
+    assert len(axes) == 2 * 3  # two mechanisms x (clean + 2 betas)
+    assert [axes[0].get_ylabel(), axes[3].get_ylabel()] == ["Local-DP, per-pixel Laplace", "Local-DP, image shift"]
+    assert "PSNR" in axes[1].get_title() and "per 16 pixels" in axes[1].get_title()
+    assert "no ε" in axes[4].get_title()
+    arrays = [np.load(c, mmap_mode="r") for c in copies]
+    chosen = figure2(index=None, **common)
+    assert chosen == representative_index(clean, arrays)
+    assert "most typical" in drawn["fig"]._suptitle.get_text()
+    # The shift's copy of the chosen image is not saturated to one flat colour at beta = 1.
+    shift = np.clip(decode_stored(np.asarray(arrays[0][chosen])), 0, 1)
+    assert 0 < shift.mean() < 1 and shift.std() > 0
     with pytest.raises(ValueError, match="ldp.figure_index 99 is outside the 40 training images"):
-        figure2(
+        figure2(index=99, **common)
+
+
+def test_representative_index_takes_the_median_copy():
+    rng = np.random.default_rng(1)
+    clean = rng.integers(0, 256, (7, 16, 16, 1)).astype(np.uint8)
+    noise = [0.9, 0.0, 0.3, 0.1, 0.5, 1.0, 0.2]  # more noise, less structure: the median is 0.3
+    copy = np.stack([c / 255 + rng.normal(0, s + 1e-3, c.shape) for c, s in zip(clean, noise, strict=True)])
+    copy = copy.astype(np.float32)
+    assert representative_index(clean, [copy]) == 2
+    flat = np.where(np.arange(7)[:, None, None, None] == 2, 0.0, copy).astype(np.float32)  # image 2 saturated
+    assert representative_index(clean, [copy, flat]) != 2
+
+
+# ------------------------------------------------------------------------------------------------------ DP-Pix
+def _pix(clean, beta, block=8, m=4, **kw):
+    args = {"mechanism": "dp_pix", "seed": 42, "dataset": "aptos", "split": "train", "start": 0}
+    return noisy_batch(clean, beta=beta, params=LdpParams(block=block, neighbourhood=m), **{**args, **kw})
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dp_pix_cells_are_constant_and_their_noise_is_laplace_of_the_calibrated_scale(channels):
+    """Every b x b cell is constant per channel; the residual against the clean cell means is Laplace of scale
+    C m beta / b^2: mean near 0, mean absolute deviation = the scale, Laplace-shaped, no inf or NaN."""
+    rng = np.random.default_rng(5)
+    clean = rng.integers(0, 256, (300, 32, 32, channels), dtype=np.uint8)
+    block, m = 8, 4
+    for beta in (1.0, 4.0):
+        noisy = _pix(clean, beta, block, m)
+        assert np.isfinite(noisy).all()
+        cells = noisy.reshape(300, 4, block, 4, block, channels)
+        assert np.all(cells == cells[:, :, :1, :, :1, :]), "a cell is not constant"
+        means = clean.astype(np.float64).reshape(300, 4, block, 4, block, channels).mean(axis=(2, 4)) / 255
+        residual = cells[:, :, 0, :, 0, :] - means
+        scale = dp_pix_scale(beta, block, m, channels)
+        assert scale == pytest.approx(channels * m * beta / block**2)
+        n = residual.size  # 4,800 or 14,400 cell means
+        assert abs(residual.mean()) < 5 * scale * np.sqrt(2 / n)
+        assert np.abs(residual).mean() == pytest.approx(scale, rel=0.05)
+        # Kolmogorov-Smirnov against Laplace(0, scale): the shape, not only the scale
+        assert stats.kstest(residual.ravel(), "laplace", args=(0, scale)).pvalue > 1e-3
+
+
+def test_dp_pix_noise_is_independent_across_cells_images_betas_and_mechanisms():
+    rng = np.random.default_rng(6)
+    clean = rng.integers(0, 256, (200, 16, 16, 1), dtype=np.uint8)
+    means = clean.astype(np.float64).reshape(200, 2, 8, 2, 8, 1).mean(axis=(2, 4)) / 255
+    r1 = (_pix(clean, 1.0)[:, ::8, ::8] - means).reshape(200, -1)
+    r2 = (_pix(clean, 2.0)[:, ::8, ::8] - means).reshape(200, -1)
+    limit = 5 / np.sqrt(r1.size)
+    assert abs(np.corrcoef(r1.ravel(), r2.ravel())[0, 1]) < limit  # two betas never share a draw
+    assert abs(np.corrcoef(r1[:, 0], r1[:, 1])[0, 1]) < 5 / np.sqrt(200)  # neighbouring cells
+    assert abs(np.corrcoef(r1[:-1].ravel(), r1[1:].ravel())[0, 1]) < limit  # consecutive images
+    pixel = noisy_batch(clean, beta=1.0, mechanism="laplace_pixel", seed=42, dataset="aptos", split="train", start=0)
+    first = (pixel[:, ::8, ::8] - clean[:, ::8, ::8] / 255).reshape(200, -1)
+    assert abs(np.corrcoef(r1.ravel(), first.ravel())[0, 1]) < limit  # nor do two mechanisms
+    assert np.array_equal(_pix(clean, 1.0), _pix(clean, 1.0))  # reproducible with the seed
+    assert not np.array_equal(_pix(clean, 1.0), _pix(clean, 1.0, seed=43))
+    assert np.array_equal(_pix(clean[5:9], 1.0, start=5), _pix(clean, 1.0)[5:9])  # chunks read the same draws
+
+
+def test_dp_pix_privacy_record_and_the_common_neighbourhood(tmp_path):
+    rng = np.random.default_rng(7)
+    for split in ("train", "val"):
+        np.save(tmp_path / f"{split}.npy", rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    records = {}
+    for mechanism in ("dp_pix", "laplace_pixel", "laplace_image_shift"):
+        out = tmp_path / mechanism
+        out.mkdir()
+        records[mechanism] = materialise_copy(
             dataset="aptos",
-            clean_npy=tmp_path / "clean" / "train.npy",
-            copies=copies,
-            privacy_jsons=records,
-            index=99,
-            seed=42,
-            outputs=outputs,
+            beta=2.0,
+            mechanism=mechanism,
+            clip=False,
+            seed=1,
+            noise_source="seeded",
+            inputs={s: tmp_path / f"{s}.npy" for s in ("train", "val")},
+            outputs={s: out / f"{s}.npy" for s in ("train", "val")},
+            privacy_json=out / "privacy.json",
+            block=8,
+            neighbourhood=4,
         )
+    pix = records["dp_pix"]
+    assert pix["epsilon"] == 0.5 and pix["delta"] == 0 and pix["formal_guarantee"]
+    assert pix["epsilon_m_pixels"] == 0.5 and pix["neighbourhood_pixels"] == 4 and pix["block"] == 8
+    assert pix["noise_scale"] == pytest.approx(3 * 4 * 2.0 / 64)
+    assert pix["epsilon_per_image"] == pytest.approx(32 * 32 / (4 * 2.0))
+    assert "up to 4 pixels" in pix["unit"]
+    assert records["laplace_pixel"]["epsilon_m_pixels"] == pytest.approx(4 * 3 / 2.0)  # m C / beta
+    assert records["laplace_image_shift"]["epsilon_m_pixels"] is None
+    assert json.loads((tmp_path / "dp_pix" / "privacy.json").read_text())["epsilon_m_pixels"] == 0.5
+    assert LdpParams.from_record(pix) == LdpParams(clip=False, block=8, neighbourhood=4)
+
+
+def test_dp_pix_refuses_a_block_that_does_not_divide_the_image(tmp_path):
+    clean = np.zeros((2, 30, 30, 1), np.uint8)
+    with pytest.raises(ValueError, match="b = 8 must divide the image's 30 x 30"):
+        _pix(clean, 1.0)
+    np.save(tmp_path / "t.npy", clean)
+    with pytest.raises(ValueError, match="neighbourhood m must be at least 1"):
+        materialise_copy(dataset="aptos", beta=1.0, mechanism="dp_pix", clip=False, seed=1, noise_source="seeded",
+                         inputs={"train": tmp_path / "t.npy"}, outputs={"train": tmp_path / "o.npy"},
+                         privacy_json=tmp_path / "p.json", block=10, neighbourhood=0)  # fmt: skip
+    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "p.json").exists()

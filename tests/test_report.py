@@ -19,7 +19,7 @@ def results(tmp_path):
     rng = np.random.default_rng(0)
     rows, cells, histories = [], [], []
     for dataset in ("chest_xray", "aptos"):
-        for mechanism, betas in (("none", [0.0]), ("ldp", [1.0, 2.0]), ("dpsgd", [1.0, 2.0])):
+        for mechanism, betas in (("none", [0.0]), ("ldp-laplace_pixel", [1.0, 2.0]), ("dpsgd", [1.0, 2.0])):
             for beta in betas:
                 for seed in (0, 1):
                     row = dict.fromkeys(COLUMNS)
@@ -29,6 +29,10 @@ def results(tmp_path):
                         beta=beta,
                         seed=seed,
                         epsilon=None if mechanism == "none" else 1 / beta,
+                        epsilon_m_pixels=None if mechanism == "none" else (16 if mechanism == "dpsgd" else 1) / beta,
+                        neighbourhood_pixels=16 if mechanism.startswith("ldp-") else None,
+                        delta=1e-4 if mechanism == "dpsgd" else 0,
+                        accountant="prv" if mechanism == "dpsgd" else None,
                         train_acc=rng.uniform(0.5, 1),
                         val_acc=rng.uniform(0.5, 1),
                         test_acc=0.6 + 0.1 * seed,
@@ -58,7 +62,7 @@ def test_aggregate_over_seeds(results):
     assert len(table) == 10 and (table["seeds"] == 2).all()
     assert table["test_acc_mean"].tolist() == pytest.approx([0.65] * 10)
     assert table["test_acc_sd"].tolist() == pytest.approx([np.std([0.6, 0.7], ddof=1)] * 10)
-    assert list(table["mechanism"][:5]) == ["none", "ldp", "ldp", "dpsgd", "dpsgd"]
+    assert list(table["mechanism"][:5]) == ["none", "ldp-laplace_pixel", "ldp-laplace_pixel", "dpsgd", "dpsgd"]
     assert table.loc[table["mechanism"] == "none", "epsilon_mean"].isna().all()
 
 

@@ -116,6 +116,7 @@ def test_demo_subset_runs_through_the_slurm_profile_then_has_nothing_to_do(clust
     config.update(betas=[1], seeds=[0], mechanisms=["none", "ldp", "dpsgd"], device="cpu")
     config["evaluation"] = {"reference_models": 1}  # the calibrated audit's reference-model jobs too
     config["datasets"]["aptos"]["enabled"] = False
+    config["datasets"]["chest_xray"]["ldp"]["mechanism"] = "laplace_pixel"  # one mechanism, written as one name
     (workdir / "slurm.yaml").write_text(yaml.safe_dump(config))
 
     proc = run_profile(workdir, cluster)

@@ -69,7 +69,7 @@ def tiny(mechanism: str, **kw) -> CellConfig:
     return CellConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("mechanism", ["none", "ldp", "dpsgd"])
+@pytest.mark.parametrize("mechanism", ["none", "ldp-laplace_pixel", "dpsgd"])
 def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism):
     privacy = tmp_path / "privacy.json"
     privacy.write_text(
@@ -91,8 +91,8 @@ def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism
         val=data["val"],
         test=data["test"],
         out_dir=tmp_path / "cell",
-        val_clean=data["val"] if mechanism == "ldp" else None,
-        ldp_privacy=privacy if mechanism == "ldp" else None,
+        val_clean=data["val"] if mechanism == "ldp-laplace_pixel" else None,
+        ldp_privacy=privacy if mechanism == "ldp-laplace_pixel" else None,
     )
     files = sorted(p.name for p in (tmp_path / "cell").iterdir())
     assert files == ["best.pt", "history.csv", "last.pt", "metrics.json"]
@@ -112,7 +112,7 @@ def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism
         assert p["epsilon_rdp"] >= p["epsilon_prv"]
         assert p["steps"] == 2 * 3 and p["sample_rate"] == 8 / 24
         assert history[-1]["epsilon_rdp"] and float(history[0]["epsilon_rdp"]) < float(history[1]["epsilon_rdp"])
-    elif mechanism == "ldp":
+    elif mechanism == "ldp-laplace_pixel":
         assert metrics["privacy"]["epsilon_per_image"] == 784 and metrics["val_clean_acc"] is not None
     else:
         assert metrics["privacy"]["epsilon"] is None
@@ -220,7 +220,9 @@ def test_one_class_and_nan_inputs_are_refused(tmp_path, data):
     arr[5, 3, 3, 0] = np.nan
     np.save(nan_train[0], arr)
     with pytest.raises(TrainingError, match=r"train.npy: image 5 holds NaN or infinite values"):
-        train_cell(tiny("ldp"), train=nan_train, val=data["val"], test=data["test"], out_dir=tmp_path / "n")
+        train_cell(
+            tiny("ldp-laplace_pixel"), train=nan_train, val=data["val"], test=data["test"], out_dir=tmp_path / "n"
+        )
     assert not (tmp_path / "n" / "metrics.json").exists()
 
 

@@ -76,11 +76,13 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
     assert chest["source"]["source"] == "demo" and (demo / "logs" / "prepare" / "chest_xray.log").exists()
     check_ldp(demo, "chest_xray", "laplace_pixel", np.float16, (48, 48, 1))
     check_ldp(demo, "aptos", "laplace_image_shift", np.uint8, (48, 48, 3))
+    check_ldp(demo, "chest_xray", "dp_pix", np.float16, (48, 48, 1))
+    check_ldp(demo, "aptos", "dp_pix", np.float16, (48, 48, 3))
     for dataset in ("chest_xray", "aptos"):
         for ext in ("png", "pdf"):
             assert (demo / "results" / "figures" / f"figure2_{dataset}.{ext}").stat().st_size > 1000
     cells = sorted(demo.glob("results/cells/*/*/beta*/seed*/metrics.json"))
-    assert len(cells) == 2 * (1 + 3 + 3)
+    assert len(cells) == 2 * (1 + 2 * 3 + 3)  # none, two Local-DP mechanisms and DP-SGD at three betas
     for path in cells:
         metrics = json.loads(path.read_text())
         assert {p.name for p in path.parent.iterdir()} == {
@@ -101,7 +103,8 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
         evaluation = json.loads((path.parent / "evaluation.json").read_text())
         assert evaluation["cell"] == metrics["cell"] and evaluation["test"]["n"] == 12
         assert ("quadratic_kappa" in evaluation["test"]) == (metrics["cell"]["dataset"] == "aptos")
-        expected_audits = {"noisy_members", "clean_members"} if metrics["cell"]["mechanism"] == "ldp" else {"members"}
+        is_ldp = metrics["cell"]["mechanism"].startswith("ldp-")
+        expected_audits = {"noisy_members", "clean_members"} if is_ldp else {"members"}
         if metrics["cell"]["mechanism"] == "dpsgd" and metrics["cell"]["dataset"] == "aptos":
             expected_audits.add("canaries")  # the demo's one-run canary audit
         assert set(evaluation["audit"]) == expected_audits
@@ -147,12 +150,17 @@ FIGURES = (
 
 def check_ldp(workdir: Path, dataset: str, mechanism: str, dtype: type, shape: tuple[int, ...]) -> None:
     for beta in ("1", "2", "4"):
-        folder = workdir / "data" / "ldp" / dataset / f"beta{beta}"
+        folder = workdir / "data" / "ldp" / dataset / mechanism / f"beta{beta}"
         privacy = json.loads((folder / "privacy.json").read_text())
         assert privacy["mechanism"] == mechanism and privacy["beta"] == float(beta)
         if mechanism == "laplace_pixel":
             assert privacy["epsilon_per_value"] == 1 / float(beta)
             assert privacy["epsilon_per_image"] == int(np.prod(shape)) / float(beta)
+            assert privacy["epsilon_m_pixels"] == 16 * shape[-1] / float(beta)
+        elif mechanism == "dp_pix":
+            assert privacy["epsilon"] == privacy["epsilon_m_pixels"] == 1 / float(beta) and privacy["block"] == 16
+            noisy = np.load(folder / "train.npy").astype(np.float32)
+            assert (noisy == np.repeat(np.repeat(noisy[:, ::16, ::16], 16, axis=1), 16, axis=2)).all()
         else:
             assert privacy["epsilon_per_value"] is None and privacy["epsilon_reason"]
         for split in ("train", "val"):
@@ -195,27 +203,27 @@ def test_a_split_setting_reruns_only_that_dataset(demo):
         "all": 1,
         "configuration": 1,
         "prepare": 1,
-        "ldp_copy": 3,
-        "ldp_attack": 3,
+        "ldp_copy": 6,
+        "ldp_attack": 6,
         "figure2": 1,
-        "train": 7,
-        "evaluate": 7,
+        "train": 10,
+        "evaluate": 10,
         "summary": 1,
         "tables": 1,
         "figures": 1,
         "data_table": 1,  # the prepared data's info.json changed
     }
     assert {w.split(",")[0] for w in _wildcards(dry) if w.startswith("dataset=")} == {"dataset=aptos"}
-    config["image_size"] = 44  # touches both datasets, but no download
+    config["image_size"] = 64  # touches both datasets, but no download (DP-Pix's 16 px cells still divide it)
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
         "configuration": 1,
         "prepare": 2,
-        "ldp_copy": 6,
-        "ldp_attack": 6,
+        "ldp_copy": 12,
+        "ldp_attack": 12,
         "figure2": 2,
-        "train": 14,
-        "evaluate": 14,
+        "train": 20,
+        "evaluate": 20,
         "summary": 1,
         "tables": 1,
         "figures": 1,
@@ -230,25 +238,25 @@ def test_adding_a_beta_or_a_seed_schedules_only_new_cells(demo):
     assert _jobs(dry) == {
         "all": 1,
         "configuration": 1,
-        "ldp_copy": 2,
-        "ldp_attack": 2,
+        "ldp_copy": 4,
+        "ldp_attack": 4,
         "figure2": 2,
-        "train": 4,
-        "evaluate": 4,
+        "train": 6,
+        "evaluate": 6,
         "summary": 1,
         "tables": 1,
         "figures": 1,
     }
     trained = {w for w in _wildcards(dry) if "mechanism" in w}
-    assert all("beta=8" in w for w in trained) and len(trained) == 4
+    assert all("beta=8" in w for w in trained) and len(trained) == 6
     config["betas"] = [1, 2, 4]
     config["seeds"] = [0, 1]
     dry = snakemake(demo, "-n", config=config)
     assert _jobs(dry) == {
         "all": 1,
         "configuration": 1,
-        "train": 14,
-        "evaluate": 14,
+        "train": 20,
+        "evaluate": 20,
         "summary": 1,
         "tables": 1,
         "figures": 1,
@@ -263,8 +271,8 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     assert _jobs(dry) == {
         "all": 1,
         "configuration": 1,
-        "train": 7,
-        "evaluate": 7,
+        "train": 10,
+        "evaluate": 10,
         "summary": 1,
         "tables": 1,
         "figures": 1,
@@ -282,8 +290,20 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
         "figures": 1,
     }
     config = _demo_config(demo)
-    config["datasets"]["chest_xray"]["ldp"]["clip"] = True  # that dataset's copies and their cells
+    config["datasets"]["chest_xray"]["ldp"]["clip"] = True  # that dataset's copies (both mechanisms), their cells
     assert _jobs(snakemake(demo, "-n", config=config)) == {
+        "all": 1,
+        "configuration": 1,
+        "ldp_copy": 6,
+        "ldp_attack": 6,
+        "figure2": 1,
+        "train": 6,
+        "evaluate": 6,
+        "summary": 1,
+        "tables": 1,
+        "figures": 1,
+    }
+    one_mechanism = {
         "all": 1,
         "configuration": 1,
         "ldp_copy": 3,
@@ -295,6 +315,20 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
         "tables": 1,
         "figures": 1,
     }
+    config = _demo_config(demo)
+    config["datasets"]["aptos"]["ldp"]["block"] = 8  # DP-Pix's cells: the APTOS DP-Pix copies and cells only
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == one_mechanism
+    assert {w.split(", beta")[0] for w in _wildcards(dry) if "mechanism" in w} == {
+        "dataset=aptos, mechanism=ldp-dp_pix"
+    }
+    config = _demo_config(demo)
+    config["datasets"]["chest_xray"]["ldp"]["mechanism"].append("laplace_image_shift")  # a third mechanism
+    dry = snakemake(demo, "-n", config=config)
+    assert _jobs(dry) == one_mechanism
+    assert all("laplace_image_shift" in w for w in _wildcards(dry) if w.startswith("dataset=chest_xray"))
+    config["datasets"]["chest_xray"]["ldp"]["mechanism"].reverse()  # the order in the file changes nothing
+    assert _jobs(snakemake(demo, "-n", config=config)) == one_mechanism
     config = _demo_config(demo)
     config.setdefault("ldp", {})["figure_index"] = 2  # a plotting option: no training
     assert _jobs(snakemake(demo, "-n", config=config)) == {"all": 1, "configuration": 1, "figure2": 2}
@@ -324,8 +358,8 @@ def test_speed_only_settings_rerun_nothing(demo):
     assert _jobs(snakemake(demo, "-n", config=config)) == {
         "all": 1,
         "configuration": 1,
-        "train": 8,
-        "evaluate": 8,
+        "train": 14,
+        "evaluate": 14,
         "summary": 1,
         "tables": 1,
         "figures": 1,
@@ -339,8 +373,8 @@ def test_the_calibrated_audit_adds_reference_models_and_retrains_no_cell(demo):
     assert _jobs(dry) == {
         "all": 1,
         "configuration": 1,
-        "reference": 28,
-        "evaluate": 14,
+        "reference": 40,
+        "evaluate": 20,
         "summary": 1,
         "tables": 1,
         "figures": 1,
@@ -375,8 +409,8 @@ def test_calibrated_audit_end_to_end(workdir):
     ("module", "expected"),
     [
         # Training code: every training cell, and everything downstream of the cells.
-        ("train.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
-        ("loop.py", {"all": 1, "train": 14, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+        ("train.py", {"all": 1, "train": 20, "evaluate": 20, "summary": 1, "tables": 1, "figures": 1}),
+        ("loop.py", {"all": 1, "train": 20, "evaluate": 20, "summary": 1, "tables": 1, "figures": 1}),
         # DP-SGD code: the DP-SGD cells only (each cell's digest covers its own plan).
         ("dpsgd.py", {"all": 1, "train": 6, "evaluate": 6, "summary": 1, "tables": 1, "figures": 1}),
         ("bookkeeping.py", {"all": 1, "train": 6, "evaluate": 6, "summary": 1, "tables": 1, "figures": 1}),
@@ -385,7 +419,7 @@ def test_calibrated_audit_end_to_end(workdir):
         # Figure 2's code: Figure 2 only.
         ("figure2.py", {"all": 1, "figure2": 2}),
         # The evaluation metrics: every evaluation and the aggregates, no training.
-        ("metrics.py", {"all": 1, "evaluate": 14, "summary": 1, "tables": 1, "figures": 1}),
+        ("metrics.py", {"all": 1, "evaluate": 20, "summary": 1, "tables": 1, "figures": 1}),
     ],
 )
 def test_editing_the_code_reruns_exactly_what_it_computes(demo, module, expected):
@@ -536,23 +570,24 @@ def test_the_report_shows_every_figure_and_table_in_chromium(demo, tmp_path):
     snakemake(demo, "--report", "results/report.html", "--configfile", "config/demo.yaml")
     figures = list(FIGURES)
     cells = [c for c in (p.parent for p in demo.glob("results/cells/*/*/*/*/metrics.json"))]
-    assert len(cells) == 14
+    assert len(cells) == 20
     expected = {f"results/figures/{name}.png" for name in figures}
     expected |= {f"results/figures/figure2_{d}.png" for d in ("chest_xray", "aptos")}
     expected |= {"results/summary.csv", "results/tables/main.csv", "results/tables/paper_comparison.csv"}
     expected |= {"results/tables/data.csv", "results/configuration.html"}
     expected |= {f"results/tables/{t}.html" for t in ("main", "paper_comparison", "data")}  # shown as tables
-    expected |= {f"results/ldp/{d}/beta{b}/attack.json" for d in ("chest_xray", "aptos") for b in (1, 2, 4)}
+    copies = {"chest_xray": ("laplace_pixel", "dp_pix"), "aptos": ("laplace_image_shift", "dp_pix")}
+    expected |= {f"results/ldp/{d}/{m}/beta{b}/attack.json" for d in copies for m in copies[d] for b in (1, 2, 4)}
     expected |= {f"{c.relative_to(demo).as_posix()}/{f}" for c in cells for f in ("history.csv", "evaluation.json")}
 
     with chromium.Browser(binary) as browser:
         browser.open((demo / "results" / "report.html").as_uri())
         data = browser.evaluate(_RESULTS)
         assert set(data["results"]) == expected
-        subcategories = {"Local-DP copies", "none", "ldp", "dpsgd"}
+        subcategories = {"Local-DP copies", "none", "ldp-dp_pix", "dpsgd"}
         assert {c: set(s) for c, s in data["categories"].items()} == {
-            "chest_xray": subcategories,
-            "aptos": subcategories,
+            "chest_xray": subcategories | {"ldp-laplace_pixel"},
+            "aptos": subcategories | {"ldp-laplace_image_shift"},
             "Overview": {"Figures", "Tables"},
         }
         for path, result in data["results"].items():
@@ -622,11 +657,16 @@ def test_betas_get_exact_labels_and_unconfigured_targets_are_refused(demo):
     betas = {part for w in _wildcards(dry) for part in w.split(", ") if part.startswith("beta=")}
     assert betas == {"beta=1.0000001"}  # beta 1 exists already; the new beta is a cell of its own, not rounded
     jobs = _jobs(dry)
-    assert jobs["ldp_copy"] == 2 and jobs["train"] == 4  # per dataset: its copy, an ldp and a dpsgd cell
+    assert jobs["ldp_copy"] == 4 and jobs["train"] == 6  # per dataset: two copies, two ldp and a dpsgd cell
     for path, message in (
         ("results/cells/chest_xray/dpsgd/beta3/seed0/metrics.json", "beta3 is not a configured dpsgd cell"),
-        ("results/cells/chest_xray/ldp/beta0/seed0/metrics.json", "beta0 is not a configured ldp cell"),
-        ("data/ldp/aptos/beta1.23457/privacy.json", "beta1.23457 is not a configured ldp cell"),
+        ("results/cells/chest_xray/ldp-dp_pix/beta0/seed0/metrics.json", "beta0 is not a configured ldp-dp_pix cell"),
+        ("data/ldp/aptos/dp_pix/beta1.23457/privacy.json", "beta1.23457 is not a configured ldp-dp_pix cell"),
+        (
+            "results/cells/chest_xray/ldp-laplace_image_shift/beta1/seed0/metrics.json",
+            "laplace_image_shift is not a Local-DP mechanism of chest_xray",
+        ),
+        ("data/ldp/aptos/laplace_pixel/beta1/privacy.json", "laplace_pixel is not a Local-DP mechanism of aptos"),
     ):
         proc = snakemake(demo, "-n", path, "--configfile", "config/demo.yaml", check=False)
         assert proc.returncode != 0 and message in proc.stdout + proc.stderr, (path, proc.stderr[-2000:])
@@ -656,12 +696,22 @@ def test_audits_speak_in_epsilon_for_every_cell_and_copy(demo):
     assert summary.loc[summary["dataset"] == "chest_xray", "audit_canaries"].isna().all()
     metrics = json.loads((demo / "results/cells/aptos/dpsgd/beta1/seed0/metrics.json").read_text())
     assert metrics["canaries"]["m"] == 20 and metrics["n_train"] < 60
-    ldp = summary["mechanism"] == "ldp"
+    ldp = summary["mechanism"].str.startswith("ldp-")
     assert summary.loc[ldp, "ldp_reid_top1"].between(0, 1).all() and summary.loc[~ldp, "ldp_reid_top1"].isna().all()
     assert (summary.loc[ldp, "ldp_reid_chance_top1"] < 0.05).all()
-    assert set(summary.loc[ldp, "privacy_mechanism"]) == {"laplace_pixel", "laplace_image_shift"}
-    for dataset in ("chest_xray", "aptos"):
-        for beta in (1, 2, 4):
-            attack = json.loads((demo / f"results/ldp/{dataset}/beta{beta}/attack.json").read_text())
-            assert attack["splits"]["train"]["reidentification"]["gallery"] > 20
+    assert set(summary.loc[ldp, "privacy_mechanism"]) == {"laplace_pixel", "laplace_image_shift", "dp_pix"}
+    assert (summary.loc[ldp, "mechanism"] == "ldp-" + summary.loc[ldp, "privacy_mechanism"]).all()
+    for dataset, mechanisms in (
+        ("chest_xray", ("laplace_pixel", "dp_pix")),
+        ("aptos", ("laplace_image_shift", "dp_pix")),
+    ):
+        for mechanism in mechanisms:
+            for beta in (1, 2, 4):
+                attack = json.loads((demo / f"results/ldp/{dataset}/{mechanism}/beta{beta}/attack.json").read_text())
+                assert (
+                    attack["splits"]["train"]["reidentification"]["gallery"] > 20 and attack["mechanism"] == mechanism
+                )
+                row = summary[(summary["mechanism"] == f"ldp-{mechanism}") & (summary["dataset"] == dataset)
+                              & (summary["beta"] == beta)]  # fmt: skip
+                assert row["ldp_reid_top1"].item() == attack["splits"]["train"]["reidentification"]["top1"]
     assert "ε lower bound" in (demo / "results" / "tables" / "main.md").read_text()

@@ -17,6 +17,8 @@ from dpmedbench.config import (  # noqa: E402
     check_local_archives,
     dpsgd_settings,
     enabled_datasets,
+    ldp_copy_settings,
+    ldp_mechanisms,
     validate_config,
 )
 from dpmedbench.console import landing_page, on_error, on_success  # noqa: E402
@@ -25,11 +27,15 @@ from dpmedbench.errors import ConfigError  # noqa: E402
 from dpmedbench.fileio import cached_source_digest  # noqa: E402
 from dpmedbench.names import (  # noqa: E402
     CELL_DIR,
+    LDP_MECHANISMS,
     MECHANISMS,
     PLAN_MODULES,
     REFERENCE_DIR,
     SPLITS,
     beta_label,
+    family,
+    ldp_cell_mechanism,
+    ldp_mechanism,
 )
 from dpmedbench.settings import SPEED_ONLY  # noqa: E402
 from dpmedbench.weights import RESNET18_URL  # noqa: E402
@@ -96,7 +102,8 @@ GPU_REQUEST = 0 if config["device"] == "cpu" else 1
 wildcard_constraints:
     dataset="|".join(["chest_xray", "aptos"]),
     beta=r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?",
-    mechanism="none|ldp|dpsgd",
+    mechanism="none|dpsgd|" + "|".join(ldp_cell_mechanism(m) for m in LDP_MECHANISMS),
+    ldp="|".join(LDP_MECHANISMS),
     seed=r"[0-9]+",
     ref=r"[0-9]+",
 
@@ -131,7 +138,16 @@ def checked_beta(wildcards):
     """The beta of a target, refused with a message unless it is one of the configured betas (or 0 for the
     'none' cell): a mistyped or rounded target must not quietly build a cell nobody configured.
     """
-    mechanism = getattr(wildcards, "mechanism", "ldp")
+    mechanism = getattr(wildcards, "mechanism", None) or ldp_cell_mechanism(
+        wildcards.ldp
+    )
+    variant = ldp_mechanism(mechanism)
+    if variant and variant not in ldp_mechanisms(config, wildcards.dataset):
+        raise ValueError(
+            f"dp-medbench: {variant} is not a Local-DP mechanism of {wildcards.dataset}: "
+            f"datasets.{wildcards.dataset}.ldp.mechanism lists "
+            f"{', '.join(ldp_mechanisms(config, wildcards.dataset))}"
+        )
     allowed = ["0"] if mechanism == "none" else BETA_LABELS
     if wildcards.beta not in allowed:
         raise ValueError(
@@ -147,29 +163,65 @@ def prepare_settings(wildcards):
 
 
 def ldp_settings(wildcards):
+    """What decides one mechanism's copies of a dataset (that mechanism's keys only)."""
     checked_beta(wildcards)
-    return canonical(config["datasets"][wildcards.dataset]["ldp"])
+    return canonical(ldp_copy_settings(config, wildcards.dataset, wildcards.ldp))
+
+
+def ldp_copies():
+    """(dataset, Local-DP mechanism, beta label) of every noisy copy of the grid (none without 'ldp')."""
+    if "ldp" not in config["mechanisms"]:
+        return []
+    return [
+        (dataset, name, beta)
+        for dataset in DATASETS
+        for name in ldp_mechanisms(config, dataset)
+        for beta in BETA_LABELS
+    ]
+
+
+def copy_dir(dataset, name, beta):
+    return f"data/ldp/{dataset}/{name}/beta{beta}"
 
 
 def ldp_outputs():
     """Noisy copies, their privacy records and Figure 2, when 'ldp' is in the grid."""
     if "ldp" not in config["mechanisms"]:
         return []
-    return expand(
-        "data/ldp/{dataset}/beta{beta}/{file}",
-        dataset=DATASETS,
-        beta=BETA_LABELS,
-        file=("train.npy", "val.npy", "privacy.json"),
-    ) + expand(
+    return [
+        f"{copy_dir(*c)}/{file}"
+        for c in ldp_copies()
+        for file in ("train.npy", "val.npy", "privacy.json")
+    ] + expand(
         "results/figures/figure2_{dataset}.{ext}", dataset=DATASETS, ext=("png", "pdf")
     )
+
+
+def figure2_inputs(wildcards):
+    """Every configured Local-DP copy of the dataset (all mechanisms, all betas) and their privacy records."""
+    copies = [c for c in ldp_copies() if c[0] == wildcards.dataset]
+    return {
+        "copies": [f"{copy_dir(*c)}/train.npy" for c in copies],
+        "privacy": [f"{copy_dir(*c)}/privacy.json" for c in copies],
+    }
+
+
+def grid_mechanisms(dataset):
+    """The cell mechanisms of a dataset: 'none', one 'ldp-<mechanism>' per Local-DP mechanism, 'dpsgd'."""
+    out = []
+    for mechanism in config["mechanisms"]:
+        if mechanism == "ldp":
+            out += [ldp_cell_mechanism(m) for m in ldp_mechanisms(config, dataset)]
+        else:
+            out.append(mechanism)
+    return out
 
 
 def cells():
     """(dataset, mechanism, beta label, seed) of every cell of the grid; 'none' has beta 0."""
     out = []
     for dataset in DATASETS:
-        for mechanism in config["mechanisms"]:
+        for mechanism in grid_mechanisms(dataset):
             for beta in ["0"] if mechanism == "none" else BETA_LABELS:
                 for seed in config["seeds"]:
                     out.append((dataset, mechanism, beta, seed))
@@ -178,13 +230,9 @@ def cells():
 
 def ldp_attack_outputs():
     """The attack record of every Local-DP copy of the grid (none without the 'ldp' mechanism)."""
-    if "ldp" not in config["mechanisms"]:
-        return []
-    return expand(
-        "results/ldp/{dataset}/beta{beta}/attack.json",
-        dataset=DATASETS,
-        beta=BETA_LABELS,
-    )
+    return [
+        f"results/ldp/{d}/{name}/beta{b}/attack.json" for d, name, b in ldp_copies()
+    ]
 
 
 def cell_dir(dataset, mechanism, beta, seed):
@@ -192,11 +240,11 @@ def cell_dir(dataset, mechanism, beta, seed):
 
 
 def train_code(wildcards):
-    return TRAIN_CODE[wildcards.mechanism]
+    return TRAIN_CODE[family(wildcards.mechanism)]
 
 
 def reference_code(wildcards):
-    return REFERENCE_CODE[wildcards.mechanism]
+    return REFERENCE_CODE[family(wildcards.mechanism)]
 
 
 def cell_outputs():
@@ -243,8 +291,9 @@ def evaluate_inputs(wildcards):
     if refs:
         inputs["reference_models"] = [f"{r}/best.pt" for r in refs]
         inputs["reference_members"] = [f"{r}/members.npy" for r in refs]
-    if wildcards.mechanism == "ldp":
-        copy = f"data/ldp/{wildcards.dataset}/beta{wildcards.beta}"
+    variant = ldp_mechanism(wildcards.mechanism)
+    if variant:
+        copy = copy_dir(wildcards.dataset, variant, wildcards.beta)
         inputs.update(
             train_seen=f"{copy}/train.npy",
             train_seen_csv=f"{prepared}/train.csv",
@@ -264,8 +313,9 @@ def train_inputs(wildcards):
         f"{split}_csv": f"{prepared}/{split}.csv" for split in ("train", "val", "test")
     }
     inputs["test"] = f"{prepared}/test.npy"
-    if wildcards.mechanism == "ldp":
-        copy = f"data/ldp/{wildcards.dataset}/beta{wildcards.beta}"
+    variant = ldp_mechanism(wildcards.mechanism)
+    if variant:
+        copy = copy_dir(wildcards.dataset, variant, wildcards.beta)
         inputs.update(
             train=f"{copy}/train.npy",
             val=f"{copy}/val.npy",

@@ -1,4 +1,5 @@
-# Local-DP stage: noisy copies of the train and val splits per beta, their privacy record, and Figure 2.
+# Local-DP stage: noisy copies of the train and val splits per mechanism and beta, their privacy record, the
+# attacks on them, and Figure 2.
 
 
 rule ldp_copy:
@@ -6,11 +7,11 @@ rule ldp_copy:
         train="data/prepared/{dataset}/train.npy",
         val="data/prepared/{dataset}/val.npy",
     output:
-        train="data/ldp/{dataset}/beta{beta}/train.npy",
-        val="data/ldp/{dataset}/beta{beta}/val.npy",
-        privacy="data/ldp/{dataset}/beta{beta}/privacy.json",
+        train="data/ldp/{dataset}/{ldp}/beta{beta}/train.npy",
+        val="data/ldp/{dataset}/{ldp}/beta{beta}/val.npy",
+        privacy="data/ldp/{dataset}/{ldp}/beta{beta}/privacy.json",
     log:
-        "logs/ldp/{dataset}/beta{beta}.log",
+        "logs/ldp/{dataset}/{ldp}/beta{beta}.log",
     conda:
         "../../envs/data.yaml"
     resources:
@@ -29,17 +30,17 @@ rule ldp_copy:
 rule ldp_attack:
     input:
         clean="data/prepared/{dataset}/train.npy",
-        noisy="data/ldp/{dataset}/beta{beta}/train.npy",
-        privacy="data/ldp/{dataset}/beta{beta}/privacy.json",
+        noisy="data/ldp/{dataset}/{ldp}/beta{beta}/train.npy",
+        privacy="data/ldp/{dataset}/{ldp}/beta{beta}/privacy.json",
     output:
         report(
-            "results/ldp/{dataset}/beta{beta}/attack.json",
+            "results/ldp/{dataset}/{ldp}/beta{beta}/attack.json",
             caption="../report/ldp_attack.rst",
             category="{dataset}",
             subcategory="Local-DP copies",
         ),
     log:
-        "logs/ldp_attack/{dataset}/beta{beta}.log",
+        "logs/ldp_attack/{dataset}/{ldp}/beta{beta}.log",
     conda:
         "../../envs/data.yaml"
     params:
@@ -54,10 +55,9 @@ rule ldp_attack:
 
 rule figure2:
     input:
+        unpack(figure2_inputs),
         clean="data/prepared/{dataset}/train.npy",
         info="data/prepared/{dataset}/info.json",
-        copies=expand("data/ldp/{{dataset}}/beta{beta}/train.npy", beta=BETA_LABELS),
-        privacy=expand("data/ldp/{{dataset}}/beta{beta}/privacy.json", beta=BETA_LABELS),
     output:
         png=report(
             "results/figures/figure2_{dataset}.png",
@@ -72,7 +72,6 @@ rule figure2:
         "../../envs/report.yaml"
     params:
         index=config["ldp"]["figure_index"],
-        seed=config["seed"],
         code=FIGURE_CODE,
     script:
         "../scripts/figure2.py"

@@ -15,6 +15,8 @@ run_logged(
     beta=snakemake.params.beta,  # noqa: F821
     mechanism=snakemake.params.settings["mechanism"],  # noqa: F821
     clip=snakemake.params.settings["clip"],  # noqa: F821
+    # The neighbourhood m, and dp_pix's cell side b (only dp_pix's settings carry it).
+    **{k: v for k, v in snakemake.params.settings.items() if k in ("block", "neighbourhood")},  # noqa: F821
     seed=snakemake.params.seed,  # noqa: F821
     noise_source=snakemake.params.noise_source,  # noqa: F821
     chunk_images=snakemake.resources.chunk_images,  # noqa: F821  (speed only: a resource, not a param)

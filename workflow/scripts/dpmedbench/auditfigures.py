@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .names import dataset_order
+from .names import dataset_order, family, mechanism_label, mechanism_order
 from .plotting import save_figure
 
 #: The empirical bounds drawn, summary column -> (legend label, marker, its ceiling's column).
@@ -23,8 +23,14 @@ BOUNDS = {
     "audit_canary_epsilon_lb": ("one-run canaries", "^", "audit_canary_epsilon_ceiling"),
 }
 OFFSETS = {"audit_epsilon_lb": 1.0, "audit_lira_epsilon_lb": 1.25, "audit_canary_epsilon_lb": 0.8}  # side by side
-COLOURS = {"none": "0.45", "ldp": "tab:blue", "dpsgd": "tab:orange"}
-NAMES = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
+#: One colour per cell mechanism, the same in every audit figure.
+COLOURS = {
+    "none": "0.45",
+    "ldp-laplace_pixel": "tab:blue",
+    "ldp-laplace_image_shift": "tab:green",
+    "ldp-dp_pix": "tab:purple",
+    "dpsgd": "tab:orange",
+}
 FLOOR = 1e-2  # where a bound of 0 is drawn on the log axis
 
 
@@ -90,7 +96,7 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
             for (_, cell), xi, yi, j in zip(cells.iterrows(), x, y, jitter * OFFSETS[column], strict=True):
                 if np.isnan(yi):
                     continue
-                colour = COLOURS[cell["mechanism"]]
+                colour = COLOURS.get(cell["mechanism"], "black")
                 top = pd.to_numeric(cell.get(ceiling), errors="coerce") if ceiling else np.nan
                 if not np.isnan(top):
                     ax.plot([xi * j] * 2, [max(yi, FLOOR), top], color=colour, linewidth=0.6, alpha=0.5)
@@ -105,7 +111,10 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
         ax.set_xlabel("accounted ε for one training image\n(DP-SGD: its unit's ε; Local-DP: whole image, d/β)")
         ax.set_ylabel("empirical ε lower bound (95 %; 0 drawn at 0.01)")
         ax.set_title(dataset)
-    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="none", label=NAMES[m]) for m, c in COLOURS.items()]
+    handles = [
+        plt.Line2D([], [], color=COLOURS.get(m, "black"), marker="o", linestyle="none", label=mechanism_label(m))
+        for m in sorted(set(summary["mechanism"]), key=mechanism_order)
+    ]
     handles += [
         plt.Line2D([], [], color="black", marker=mk, linestyle="none", label=lb)
         for col, (lb, mk, _) in BOUNDS.items()
@@ -125,18 +134,19 @@ def ldp_reidentification(*, summary_csv: str | os.PathLike[str], outputs: Sequen
     """Re-identification of the Local-DP copies' training images against β (log axis): top-1 (solid) and
     top-5 (dashed) rates in %, one colour per Local-DP mechanism, with chance (dotted)."""
     summary = pd.read_csv(summary_csv)
-    copies = summary[(summary["mechanism"] == "ldp") & summary.get("ldp_reid_top1", pd.Series(dtype=float)).notna()]
-    copies = copies.drop_duplicates(["dataset", "privacy_mechanism", "beta"])  # one copy serves every seed
+    is_ldp = summary["mechanism"].map(family) == "ldp"
+    copies = summary[is_ldp & summary.get("ldp_reid_top1", pd.Series(dtype=float)).notna()]
+    copies = copies.drop_duplicates(["dataset", "mechanism", "beta"])  # one copy serves every seed
     datasets = dataset_order(summary["dataset"])
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
-    colours = dict(zip(sorted(summary["privacy_mechanism"].dropna().unique()), plt.cm.tab10.colors, strict=False))
     for ax, dataset in zip(axes[0], datasets, strict=True):
         group = copies[copies["dataset"] == dataset].sort_values("beta")
-        for mechanism, rows in group.groupby("privacy_mechanism"):
-            colour = colours.get(mechanism, "tab:blue")
-            ax.plot(rows["beta"], 100 * rows["ldp_reid_top1"], marker="o", color=colour, label=f"{mechanism}: top-1")
+        for mechanism in sorted(set(group["mechanism"]), key=mechanism_order):
+            rows = group[group["mechanism"] == mechanism]
+            colour, name = COLOURS.get(mechanism, "black"), mechanism_label(mechanism)
+            ax.plot(rows["beta"], 100 * rows["ldp_reid_top1"], marker="o", color=colour, label=f"{name}: top-1")
             ax.plot(rows["beta"], 100 * rows["ldp_reid_top5"], marker="o", linestyle="--", color=colour, alpha=0.7,
-                    label=f"{mechanism}: top-5")  # fmt: skip
+                    label=f"{name}: top-5")  # fmt: skip
         if len(group):
             chance = 100 * float(group["ldp_reid_chance_top1"].iloc[0])
             ax.axhline(chance, color="grey", linestyle=":", label=f"chance, top-1 ({chance:.2g} %)")
@@ -146,7 +156,11 @@ def ldp_reidentification(*, summary_csv: str | os.PathLike[str], outputs: Sequen
             ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
         else:
             ax.text(0.5, 0.5, "no Local-DP copy", ha="center", va="center", transform=ax.transAxes)
-        ax.set(ylim=(0, 102), xlabel="β (Laplace scale on [0, 1])", ylabel="noisy images re-identified (%)")
+        ax.set(
+            ylim=(0, 102),
+            xlabel="β (Laplace scale on [0, 1]; DP-Pix: ε = 1/β)",
+            ylabel="noisy images re-identified (%)",
+        )
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
     fig.suptitle("Re-identification: matching a noisy copy to its clean original", y=1.0)

@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .names import LDP_MECHANISMS
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -139,6 +140,14 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             )
         if ds["enabled"] and "dpsgd" in config["mechanisms"]:
             _check_privacy_unit(name, ds, dpsgd_settings(config, name))
+        if ds["enabled"] and "ldp" in config["mechanisms"] and "dp_pix" in ldp_mechanisms(config, name):
+            block = ds["ldp"]["block"]
+            if config["image_size"] % block:
+                raise ConfigError(
+                    f"invalid configuration:\n  datasets.{name}.ldp.block: {block} does not divide image_size "
+                    f"{config['image_size']}; dp_pix needs whole b x b cells (divisors: "
+                    f"{', '.join(str(d) for d in range(1, config['image_size'] + 1) if config['image_size'] % d == 0)})"
+                )
         if ds["enabled"] and ds["source"] == "local" and not ds["archive"]:
             raise ConfigError(
                 f"invalid configuration:\n  datasets.{name}.archive: source is 'local' but no archive is set; "
@@ -156,6 +165,35 @@ def dpsgd_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """
     overrides = config["datasets"][dataset].get("dpsgd", {})
     return {**config["dpsgd"], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def ldp_mechanisms(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """The Local-DP mechanisms of ``dataset`` (``datasets.<name>.ldp.mechanism``, one or a list), in the registry's
+    order whatever the order in the file (reordering a list reruns nothing).
+
+    >>> ldp_mechanisms(validate_config({"datasets": {"aptos": {"ldp": {"mechanism": ["dp_pix", "laplace_pixel"]}}}}),
+    ...                "aptos")
+    ['laplace_pixel', 'dp_pix']
+    >>> ldp_mechanisms(validate_config({}), "chest_xray")
+    ['laplace_pixel']
+    """
+    chosen = config["datasets"][dataset]["ldp"]["mechanism"]
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    return [name for name in LDP_MECHANISMS if name in chosen]
+
+
+def ldp_copy_settings(config: Mapping[str, Any], dataset: str, mechanism: str) -> dict[str, Any]:
+    """What decides one Local-DP mechanism's copies of ``dataset`` (and nothing else: DP-Pix's cell side does not
+    touch the other mechanisms' copies).
+
+    >>> ldp_copy_settings(validate_config({}), "aptos", "laplace_pixel")
+    {'mechanism': 'laplace_pixel', 'clip': False, 'neighbourhood': 16}
+    """
+    ldp = config["datasets"][dataset]["ldp"]
+    settings = {"mechanism": mechanism, "clip": ldp["clip"], "neighbourhood": ldp["neighbourhood"]}
+    if mechanism == "dp_pix":
+        settings["block"] = ldp["block"]
+    return settings
 
 
 def canaries_of(config: Mapping[str, Any], dataset: str) -> int:

@@ -15,6 +15,7 @@ from statistics import mean
 from typing import Any
 
 from .fileio import atomic_outputs
+from .names import mechanism_label
 
 ERROR_LINE = re.compile(r" (ERROR|CRITICAL) dpmedbench[.\w]*: (.*)")
 
@@ -49,7 +50,6 @@ def headline(summary_csv: str | os.PathLike[str]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["mechanism"], row["beta"])].append(row)
-    names = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
     table = [("dataset", "mechanism", "β", "ε", "test acc", "AUROC", "audit ε ≥ (ceiling)")]
     for (dataset, mechanism, beta), cells in groups.items():
         eps, acc, auroc = _mean(cells, "epsilon"), _mean(cells, "test_acc"), _mean(cells, "test_auroc")
@@ -62,7 +62,7 @@ def headline(summary_csv: str | os.PathLike[str]) -> str:
             if mechanism == "dpsgd":
                 guarantee += f" ({first.get('accountant')}, δ={delta:.0e})".replace("e-0", "e-")
         table.append((
-            dataset, names.get(mechanism, mechanism), f"{float(beta):g}" if mechanism != "none" else "–", guarantee,
+            dataset, mechanism_label(mechanism), f"{float(beta):g}" if mechanism != "none" else "–", guarantee,
             f"{100 * acc:.1f} %" if acc is not None else "n/a", f"{auroc:.3f}" if auroc is not None else "n/a",
             f"{lb:.2f} ({ceiling:.2f})" if lb is not None and ceiling is not None else "n/a",
         ))  # fmt: skip

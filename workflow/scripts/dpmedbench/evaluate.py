@@ -17,9 +17,10 @@ from .audit import lira_attack, loss_attack, one_run_audit
 from .canaries import Canaries
 from .errors import TrainingError
 from .fileio import atomic_outputs
-from .ldp import noisy_batch, storage_of, store
+from .ldp import LdpParams, noisy_batch, storage_of, store
 from .metrics import classification_report
 from .models import build_resnet18
+from .names import family
 from .runtime import cpu_threads, derive_seed, pick_device
 from .tensors import Preprocess, Split, infer, load_split
 
@@ -44,6 +45,7 @@ def _noised_like_copy(split: Split, privacy: Mapping[str, Any], *, dataset: str,
         dataset=dataset,
         split="audit-nonmembers",
         start=0,
+        params=LdpParams.from_record(privacy),
     )
     stored = np.empty(clean.shape, dtype=storage_of(privacy["mechanism"], privacy["clipped"]))
     store(values, stored)
@@ -129,7 +131,7 @@ def evaluate_cell(
             test.labels.cpu().numpy(), test_proba, kappa=kappa, bootstrap=bootstrap, seed=derive_seed(seed, "bootstrap")
         ),
     }
-    for key in ("val_noisy", "val_clean") if cell["mechanism"] == "ldp" else ():
+    for key in ("val_noisy", "val_clean") if family(cell["mechanism"]) == "ldp" else ():
         labels, proba = split(key).labels.cpu().numpy(), predict(model, split(key), prep, eval_batch)[0]
         result[key] = classification_report(labels, proba, kappa=kappa, bootstrap=0)
     # Canaries are audited on their own: the other audits use the training images trained on as themselves.
@@ -232,7 +234,7 @@ def _loss_audits(
     audit_seed = derive_seed(seed, "audit")
     (test, test_loss), train_clean = test, split("train_clean")
     clean_losses = losses(train_clean)
-    if cell["mechanism"] != "ldp":
+    if family(cell["mechanism"]) != "ldp":
         audit = loss_attack(clean_losses, test_loss, seed=audit_seed, delta=delta)
         sides = (train_clean, clean_losses), (test, test_loss)
         return {"members": {**audit, **AUDIT_SIDES["members"]}}, "members", sides

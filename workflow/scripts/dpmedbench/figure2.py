@@ -17,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .ldp import MECHANISMS, decode_stored, noisy_batch
-from .names import data_provenance
+from .ldp import MECHANISMS, decode_stored, quality_indices
+from .names import data_provenance, ldp_cell_mechanism, mechanism_label
 from .plotting import save_figure
 from .quality import psnr, ssim
 
@@ -26,10 +26,53 @@ _NAMES = {"chest_xray": "chest X-ray", "aptos": "fundus"}
 
 
 def _panel_title(beta: float, privacy: dict) -> str:
-    if privacy["epsilon_per_value"] is None:
+    """β and every ε the copy has: per value, per m pixels (the common scale), per whole image.
+
+    >>> print(_panel_title(1.0, {"epsilon_per_value": None, "epsilon_m_pixels": 1.0, "neighbourhood_pixels": 16,
+    ...                          "epsilon_per_image": 144.0}))
+    β = 1
+    ε = 1 per 16 pixels
+    ε = 144 per image
+    """
+    if privacy.get("epsilon_m_pixels") is None and privacy.get("epsilon_per_value") is None:
         return f"β = {beta:g}\nno ε (no formal guarantee)"
-    per_value, per_image = privacy["epsilon_per_value"], privacy["epsilon_per_image"]
-    return f"β = {beta:g}\nε = {per_value:g} per value\nε = {per_image:.3g} per image"
+    lines = [f"β = {beta:g}"]
+    if privacy.get("epsilon_per_value") is not None:
+        lines.append(f"ε = {privacy['epsilon_per_value']:g} per value")
+    if privacy.get("epsilon_m_pixels") is not None:
+        lines.append(f"ε = {privacy['epsilon_m_pixels']:.3g} per {privacy['neighbourhood_pixels']} pixels")
+    lines.append(f"ε = {privacy['epsilon_per_image']:.3g} per image")
+    return "\n".join(lines)
+
+
+def representative_index(clean: np.ndarray, copies: Sequence[np.ndarray], sample: int = 128) -> int:
+    """The training image whose noisy copies are the most typical: over ``sample`` evenly spaced images, the
+    SSIM of every copy (mechanism, beta, shown clipped to [0, 1]) against its clean image is ranked, and the image
+    whose rank is closest to the median rank in its least typical copy is chosen (every copy near its median,
+    none an outlier). Ties: the lowest index.
+
+    SSIM, not PSNR: a copy saturated to black keeps no structure (SSIM near 0) yet scores a middling PSNR on a dark
+    image. So the pick shows what a typical copy keeps: with a brightness shift at beta = 1, about a third of the
+    copies are saturated flat, and the typical one is not among them.
+
+    >>> rng = np.random.default_rng(0)
+    >>> clean = rng.integers(0, 256, (5, 16, 16, 1)).astype(np.uint8)
+    >>> noise = [0.5, 0.0, 0.1, 0.2, 0.3]  # more noise, less structure: the median is 0.2
+    >>> copy = np.stack([c / 255 + rng.normal(0, s + 1e-3, c.shape) for c, s in zip(clean, noise)]).astype(np.float32)
+    >>> representative_index(clean, [copy])
+    3
+    """
+    indices = quality_indices(len(clean), sample)
+    references = [np.asarray(clean[i], np.float32) / np.float32(255.0) for i in indices]
+    scores = []
+    for copy in copies:
+        values = [
+            ssim(reference, np.clip(decode_stored(np.asarray(copy[i])), 0.0, 1.0))
+            for i, reference in zip(indices, references, strict=True)
+        ]
+        ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+        scores.append(np.abs(ranks - (len(indices) - 1) / 2))
+    return int(indices[int(np.argmin(np.max(scores, axis=0)))])
 
 
 def quality_label(clean: np.ndarray, noisy: np.ndarray) -> str:
@@ -60,57 +103,66 @@ def figure2(
     clean_npy: str | os.PathLike[str],
     copies: Sequence[str | os.PathLike[str]],
     privacy_jsons: Sequence[str | os.PathLike[str]],
-    index: int,
-    seed: int,
+    index: int | None,
     outputs: Sequence[str | os.PathLike[str]],
     data_info: str | os.PathLike[str] | None = None,
-) -> None:
-    """The paper's Figure 2 for one dataset: training image ``index`` clean and at each beta, one row per
-    Local-DP mechanism.
+) -> int:
+    """The paper's Figure 2 for one dataset: one training image clean and in each materialised Local-DP copy,
+    one row per mechanism, one column per beta, with PSNR and SSIM against the clean image in every panel.
 
-    The row of the configured mechanism shows the materialised copies (``copies``, one train ``.npy`` per
-    beta, in the order of ``privacy_jsons``); the other mechanisms' rows are drawn with the same seeded
-    sampler for comparison and say so. Noisy values are shown clipped to [0, 1]. ``data_info``: the prepared
-    data's ``info.json``, whose source the title names (synthetic demo images are never called Kermany's).
+    ``copies``: the train ``.npy`` of every copy, in the order of ``privacy_jsons``. ``index``: the image to show,
+    or ``None`` for the most typical one (:func:`representative_index`). Noisy values are shown clipped to
+    [0, 1]. ``data_info``: the prepared data's ``info.json``, whose source the title names (synthetic demo images
+    are never called Kermany's). Returns the index shown.
     """
     clean = np.load(clean_npy, mmap_mode="r")
-    if not 0 <= index < len(clean):
-        raise ValueError(f"ldp.figure_index {index} is outside the {len(clean)} training images of {dataset}")
     records = [json.loads(Path(p).read_text()) for p in privacy_jsons]
-    configured = records[0]["mechanism"]
-    betas = [r["beta"] for r in records]
+    arrays = [np.load(copy, mmap_mode="r") for copy in copies]
+    for path, array in zip(copies, arrays, strict=True):
+        if array.shape != clean.shape:
+            raise ValueError(f"{path}: shape {array.shape} is not the clean training split's {clean.shape}")
+    if index is None:
+        index, how = representative_index(clean, arrays), "the most typical: median SSIM of its copies"
+    elif not 0 <= index < len(clean):
+        raise ValueError(f"ldp.figure_index {index} is outside the {len(clean)} training images of {dataset}")
+    else:
+        how = "chosen by ldp.figure_index"
+    mechanisms = [m for m in MECHANISMS if any(r["mechanism"] == m for r in records)]
+    betas = sorted({float(r["beta"]) for r in records})
     image = np.asarray(clean[index])
-    mechanisms = [configured] + [m for m in MECHANISMS if m != configured]
     fig, axes = plt.subplots(
         len(mechanisms),
         len(betas) + 1,
-        figsize=(2.3 * (len(betas) + 1), 3.0 * len(mechanisms) + 0.8),
+        figsize=(2.3 * (len(betas) + 1), 3.3 * len(mechanisms) + 0.9),
         squeeze=False,
     )
     cmap = "gray" if image.shape[-1] == 1 else None
+    clean_panel = image.astype(np.float32) / 255.0
     for row, mechanism in enumerate(mechanisms):
-        if mechanism == configured:
-            noisy = [decode_stored(np.asarray(np.load(copy, mmap_mode="r")[index])) for copy in copies]
-            privacy = records
-        else:
-            common = {"mechanism": mechanism, "seed": seed, "dataset": dataset, "split": "train", "start": index}
-            noisy = [noisy_batch(image[None], beta=beta, **common)[0] for beta in betas]
-            privacy = [MECHANISMS[mechanism].privacy(beta, int(image.size)).to_json() for beta in betas]
-        panels = [image.astype(np.float32) / 255.0, *noisy]
-        titles = ["clean"] + [
-            f"{_panel_title(beta, record)}\n{quality_label(panels[0], shown)}"
-            for beta, record, shown in zip(betas, privacy, noisy, strict=True)
-        ]
-        source = "materialised copy" if mechanism == configured else "drawn for comparison"
-        _draw_row(axes[row], panels, titles, f"{mechanism}\n({source})", cmap)
+        found = {float(r["beta"]): (r, a) for r, a in zip(records, arrays, strict=True) if r["mechanism"] == mechanism}
+        panels, titles = [clean_panel], ["clean"]
+        for beta in betas:
+            if beta not in found:
+                raise ValueError(f"Figure 2 of {dataset}: no {mechanism} copy at beta {beta:g} among its inputs")
+            record, array = found[beta]
+            noisy = decode_stored(np.asarray(array[index]))
+            panels.append(noisy)
+            titles.append(f"{_panel_title(beta, record)}\n{quality_label(clean_panel, noisy)}")
+        _draw_row(axes[row], panels, titles, mechanism_label(ldp_cell_mechanism(mechanism)), cmap)
     what = data_provenance(dataset, json.loads(Path(data_info).read_text()))["description"] if data_info else dataset
     fig.suptitle(
         textwrap.fill(
-            f"{_NAMES.get(dataset, dataset)} training image {index} ({what}), clean and with Local-DP noise", 100
+            f"{_NAMES.get(dataset, dataset)} training image {index} of {len(clean)} ({how}), clean and in each "
+            f"Local-DP copy. Data: {what}",
+            100,
         )
         + "\nnoisy values shown clipped to [0, 1]; ε, where one exists, is pure ε-DP with δ = 0",
         fontsize=9,
     )
     fig.tight_layout()
     save_figure(fig, outputs, dpi=150)
-    logging.getLogger(__name__).info("Figure 2 of %s: training image %d at every beta", dataset, index)
+    logging.getLogger(__name__).info(
+        "Figure 2 of %s: training image %d (%s), %d mechanism(s) x %d beta(s)",
+        dataset, index, how, len(mechanisms), len(betas),
+    )  # fmt: skip
+    return index

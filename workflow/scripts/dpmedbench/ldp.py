@@ -9,11 +9,21 @@ Mechanisms live in a small registry (:data:`MECHANISMS`): a new one is one funct
 * ``laplace_image_shift`` (the authors' ``Adding_Noise.ipynb``): one Laplace draw of scale beta per image,
   added to every pixel, then saturated to [0, 1] as their 8-bit JPEG write did. A brightness shift: two
   images that differ in one pixel stay distinguishable, so no epsilon bounds it.
+* ``dp_pix`` (Fan, "Image pixelization with differential privacy", DBSec 2018): the image is cut into b x b
+  cells, each cell replaced by its mean per channel, and Laplace noise added to every cell mean. Two images are
+  neighbours when they differ in at most m pixels (a pixel: all C values at one place); the C cell means of an
+  image then move by at most C m / b^2 in L1, so noise of scale C m beta / b^2 on [0, 1] gives epsilon = 1/beta
+  per image under that neighbourhood (Fan's greyscale scale 255 m / (b^2 epsilon), times C for colour).
 
-Noise is reproducible and independent: every image of every (dataset, beta, split) copy has its own PCG64
-generator, derived with ``numpy.random.SeedSequence`` from (seed, dataset, beta, split, image index). Copies at
-different beta never share a draw (sharing one draw scaled by beta would let anyone holding two copies solve for
-the clean image), reruns rebuild identical bytes whatever the chunk size, and changing one beta touches one copy.
+Every mechanism also states its epsilon under the same m-pixel neighbourhood (``epsilon_m_pixels``): the one
+scale on which Local-DP mechanisms can be compared. Per-pixel Laplace: m C / beta (m C values change by at most 1
+each); DP-Pix: 1/beta; the shift: none.
+
+Noise is reproducible and independent: every image of every (dataset, mechanism, beta, split) copy has its own
+PCG64 generator, derived with ``numpy.random.SeedSequence`` from (seed, dataset, mechanism, beta, split, image
+index). Copies at different beta or of different mechanisms never share a draw (sharing one draw scaled by beta
+would let anyone holding two copies solve for the clean image), reruns rebuild identical bytes whatever the chunk
+size, and changing one beta touches one copy.
 """
 
 from __future__ import annotations
@@ -70,33 +80,65 @@ def _key(text: str) -> int:
 
 
 def image_generators(
-    *, seed: int, dataset: str, beta: float, split: str, start: int, count: int, noise_source: NoiseSource
+    *,
+    seed: int,
+    dataset: str,
+    mechanism: str,
+    beta: float,
+    split: str,
+    start: int,
+    count: int,
+    noise_source: NoiseSource,
 ) -> Iterator[np.random.Generator]:
     """One generator per image ``start .. start + count - 1`` of a copy.
 
-    ``seeded``: derived from (seed, dataset, beta, split, index), so a rerun gives identical bytes.
+    ``seeded``: derived from (seed, dataset, mechanism, beta, split, index), so a rerun gives identical bytes.
     ``os``: fresh operating-system entropy for every image, never reproducible (for real releases).
     """
     if noise_source == "os":
         for _ in range(count):
             yield np.random.Generator(np.random.PCG64(np.random.SeedSequence()))
         return
-    key = (_key(dataset), _key(repr(float(beta))), _key(split))
+    key = (_key(dataset), _key(mechanism), _key(repr(float(beta))), _key(split))
     for index in range(start, start + count):
         yield np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(*key, index))))
 
 
 # ----------------------------------------------------------------------------------------------- mechanisms
+#: Fan (2018)'s setting: 16 x 16 cells, neighbours differ in up to 16 pixels.
+DEFAULT_BLOCK = 16
+DEFAULT_NEIGHBOURHOOD = 16
+
+
+@dataclass(frozen=True)
+class LdpParams:
+    """A dataset's Local-DP settings (``datasets.<name>.ldp``): storage, DP-Pix's cell side b, and the
+    neighbourhood m (pixels) under which every mechanism's ``epsilon_m_pixels`` is stated."""
+
+    clip: bool = False
+    block: int = DEFAULT_BLOCK
+    neighbourhood: int = DEFAULT_NEIGHBOURHOOD
+
+    @classmethod
+    def from_record(cls, privacy: dict[str, Any]) -> LdpParams:
+        """The settings a copy was made with, from its ``privacy.json``."""
+        return cls(
+            clip=bool(privacy.get("clipped", False)),
+            block=int(privacy.get("block") or DEFAULT_BLOCK),
+            neighbourhood=int(privacy.get("neighbourhood_pixels") or DEFAULT_NEIGHBOURHOOD),
+        )
+
+
 @dataclass(frozen=True)
 class Mechanism:
     """A Local-DP mechanism: how it perturbs a batch, how its output is stored, and its privacy."""
 
     name: str
-    #: perturb(values, generators, beta): add the noise to a float32 (N, H, W, C) batch of [0, 1] values, in
-    #: place, with ``generators[i]`` for image i.
-    perturb: Callable[[np.ndarray, list[np.random.Generator], float], None]
-    #: privacy(beta, values_per_image): the guarantee of one noisy image.
-    privacy: Callable[[float, int], PrivacyRecord]
+    #: perturb(values, generators, beta, params): add the noise to a float32 (N, H, W, C) batch of [0, 1] values,
+    #: in place, with ``generators[i]`` for image i.
+    perturb: Callable[[np.ndarray, list[np.random.Generator], float, LdpParams], None]
+    #: privacy(beta, (H, W, C), params): the guarantee of one noisy image.
+    privacy: Callable[[float, tuple[int, int, int], LdpParams], PrivacyRecord]
     description: str
 
 
@@ -108,7 +150,7 @@ def register(mechanism: Mechanism) -> Mechanism:
     return mechanism
 
 
-def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float) -> None:
+def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
     per_image = values[0].size
     for i, g in enumerate(gens):
         values[i] += laplace_from_bits(random_words(g, per_image), beta).reshape(values.shape[1:])
@@ -117,7 +159,13 @@ def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: floa
 LOCAL_SCOPE = "local: each noisy image is released on its own; whatever is computed from it is post-processing"
 
 
-def _pixel_privacy(beta: float, values_per_image: int) -> PrivacyRecord:
+def _neighbourhood(params: LdpParams, epsilon: float | None) -> dict[str, Any]:
+    return {"neighbourhood_pixels": params.neighbourhood, "epsilon_m_pixels": epsilon}
+
+
+def _pixel_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) -> PrivacyRecord:
+    values_per_image = int(np.prod(shape))
+    m, channels = params.neighbourhood, shape[2]
     return PrivacyRecord(
         mechanism="laplace_pixel",
         epsilon=1.0 / beta,
@@ -129,27 +177,35 @@ def _pixel_privacy(beta: float, values_per_image: int) -> PrivacyRecord:
         details={
             "epsilon_per_value": 1.0 / beta,
             "epsilon_per_image": values_per_image / beta,
+            **_neighbourhood(params, m * channels / beta),
             "sensitivity": 1.0,
             "derivation": "Laplace mechanism, pure epsilon-DP (Dwork et al. 2006): epsilon = sensitivity / beta. "
             "Per value: each [0, 1] pixel value changes by at most 1. Per image: L1 sensitivity d = H*W*C values, "
-            "epsilon = d / beta. Clipping, rounding and storage are post-processing and change neither.",
+            f"epsilon = d / beta. Any change to at most m = {m} pixels ({channels} value(s) each): L1 sensitivity "
+            f"m*C = {m * channels}, epsilon = m*C / beta. Clipping, rounding and storage are post-processing and "
+            "change none of these.",
         },
     )
 
 
-def _shift_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float) -> None:
+def _shift_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
     shifts = np.array([laplace_from_bits(random_words(g, 1), beta)[0] for g in gens], np.float32)
     values += shifts.reshape(-1, *([1] * (values.ndim - 1)))
     # Saturation to [0, 1], as the authors' 8-bit JPEG write did, happens in storage: always uint8 (storage_of).
 
 
-def _shift_privacy(beta: float, values_per_image: int) -> PrivacyRecord:
+def _shift_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) -> PrivacyRecord:
     return PrivacyRecord(
         mechanism="laplace_image_shift",
         epsilon=None,
         formal_guarantee=False,
         scope=LOCAL_SCOPE,
-        details={"epsilon_per_value": None, "epsilon_per_image": None, "sensitivity": None},
+        details={
+            "epsilon_per_value": None,
+            "epsilon_per_image": None,
+            **_neighbourhood(params, None),
+            "sensitivity": None,
+        },
         epsilon_reason="No epsilon is derived: one Laplace draw per image is added to every pixel (a "
         "brightness shift, then saturated to [0, 1]). Two images that differ in a single pixel keep that "
         "difference exactly in every output, so no finite epsilon bounds the mechanism. This reproduces the "
@@ -165,6 +221,83 @@ register(
         _shift_noise,
         _shift_privacy,
         "one Laplace draw of scale beta per image added to every pixel, saturated to [0,1] (authors' code)",
+    )
+)
+
+
+def dp_pix_scale(beta: float, block: int, neighbourhood: int, channels: int) -> float:
+    """DP-Pix's Laplace scale on [0, 1] for epsilon = 1/beta per image under the m-pixel neighbourhood:
+    C m beta / b^2 (Fan's 255 m / (b^2 epsilon) on 0-255 greyscale, times C channels).
+
+    >>> dp_pix_scale(1.0, 16, 16, 1), dp_pix_scale(2.0, 16, 16, 3)  # 16 grey levels at beta 1 on a chest X-ray
+    (0.0625, 0.375)
+    """
+    return channels * neighbourhood * beta / block**2
+
+
+def _check_block(shape: tuple[int, ...], block: int) -> None:
+    height, width = shape[-3], shape[-2]
+    if height % block or width % block:
+        raise ValueError(
+            f"dp_pix: the cell side b = {block} must divide the image's {height} x {width} pixels "
+            "(datasets.<name>.ldp.block and image_size)"
+        )
+
+
+def pixelate(values: np.ndarray, block: int) -> np.ndarray:
+    """Cell means of a float32 (N, H, W, C) batch: (N, H/b, W/b, C), averaged in float64."""
+    _check_block(values.shape, block)
+    n, h, w, c = values.shape
+    cells = values.reshape(n, h // block, block, w // block, block, c).mean(axis=(2, 4), dtype=np.float64)
+    return cells.astype(np.float32)
+
+
+def _pix_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
+    cells = pixelate(values, params.block)
+    scale = dp_pix_scale(beta, params.block, params.neighbourhood, values.shape[-1])
+    per_image = cells[0].size
+    for i, g in enumerate(gens):
+        cells[i] += laplace_from_bits(random_words(g, per_image), scale).reshape(cells.shape[1:])
+    values[...] = np.repeat(np.repeat(cells, params.block, axis=1), params.block, axis=2)
+
+
+def _pix_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) -> PrivacyRecord:
+    height, width, channels = shape
+    _check_block((height, width, channels), params.block)
+    b, m = params.block, params.neighbourhood
+    scale = dp_pix_scale(beta, b, m, channels)
+    return PrivacyRecord(
+        mechanism="dp_pix",
+        epsilon=1.0 / beta,
+        delta=0.0,
+        accountant="Laplace mechanism on b x b cell means (DP-Pix)",
+        formal_guarantee=True,
+        unit=f"image, up to {m} pixels changed",
+        scope=LOCAL_SCOPE,
+        details={
+            "epsilon_per_value": None,
+            "epsilon_per_image": height * width / (m * beta),
+            **_neighbourhood(params, 1.0 / beta),
+            "block": b,
+            "noise_scale": scale,
+            "noise_scale_grey_levels": 255 * scale,
+            "sensitivity": channels * m / b**2,
+            "derivation": f"DP-Pix (Fan, DBSec 2018): each {b} x {b} cell is replaced by its mean per channel and "
+            f"Laplace noise of scale C*m*beta/b^2 = {scale:.6g} on [0, 1] ({255 * scale:.4g} grey levels) is added to "
+            f"every cell mean. Changing at most m = {m} pixels ({channels} value(s) each, each by at most 1) moves the "
+            f"C cell means by at most C*m/b^2 = {channels * m / b**2:.6g} in L1, so epsilon = 1/beta for that "
+            f"neighbourhood. A change to the whole image (H*W pixels) is covered by group privacy: "
+            f"epsilon = H*W / (m*beta). Clipping and storage are post-processing.",
+        },
+    )
+
+
+register(
+    Mechanism(
+        "dp_pix",
+        _pix_noise,
+        _pix_privacy,
+        "DP-Pix: b x b cell means per channel plus Laplace noise, epsilon per image for any m pixels (Fan 2018)",
     )
 )
 
@@ -203,14 +336,22 @@ def _perturb_into(
     split: str,
     start: int,
     noise_source: NoiseSource,
+    params: LdpParams,
 ) -> None:
     np.divide(clean_uint8, np.float32(255.0), out=work, dtype=np.float32)
     gens = list(
         image_generators(
-            seed=seed, dataset=dataset, beta=beta, split=split, start=start, count=len(work), noise_source=noise_source
+            seed=seed,
+            dataset=dataset,
+            mechanism=mechanism,
+            beta=beta,
+            split=split,
+            start=start,
+            count=len(work),
+            noise_source=noise_source,
         )
     )
-    MECHANISMS[mechanism].perturb(work, gens, beta)
+    MECHANISMS[mechanism].perturb(work, gens, beta, params)
 
 
 def noisy_batch(
@@ -223,6 +364,7 @@ def noisy_batch(
     split: str,
     start: int,
     noise_source: NoiseSource = "seeded",
+    params: LdpParams | None = None,
 ) -> np.ndarray:
     """Noisy float32 values of images ``start ..`` of a split (before storage encoding): exactly the values
     :func:`materialise_copy` stores for them."""
@@ -237,6 +379,7 @@ def noisy_batch(
         split=split,
         start=start,
         noise_source=noise_source,
+        params=params or LdpParams(),
     )
     return work
 
@@ -254,6 +397,8 @@ def materialise_copy(
     privacy_json: str | os.PathLike[str],
     chunk_images: int = 64,
     quality_images: int = 64,
+    block: int = DEFAULT_BLOCK,
+    neighbourhood: int = DEFAULT_NEIGHBOURHOOD,
 ) -> dict[str, Any]:
     """Write the noisy copy of each split in ``inputs`` (``{split: prepared .npy}``) to ``outputs``
     (``{split: noisy .npy}``) and the privacy record to ``privacy_json``.
@@ -266,6 +411,9 @@ def materialise_copy(
         raise ValueError(f"unknown Local-DP mechanism {mechanism!r}; known: {sorted(MECHANISMS)}")
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
+    if neighbourhood < 1:
+        raise ValueError(f"the neighbourhood m must be at least 1 pixel, got {neighbourhood}")
+    params = LdpParams(clip=clip, block=block, neighbourhood=neighbourhood)
     storage = storage_of(mechanism, clip)
     splits = list(inputs)
     finals = [Path(outputs[s]) for s in splits] + [Path(privacy_json)]
@@ -278,6 +426,7 @@ def materialise_copy(
                     f"{inputs[split]}: expected a uint8 (N, H, W, C) array, got {clean.dtype} {clean.shape}"
                 )
             noise = {"mechanism": mechanism, "beta": beta, "seed": seed, "dataset": dataset, "split": split}
+            shape = tuple(int(v) for v in clean.shape[1:])
             record[split] = _copy_split(
                 clean,
                 tmp,
@@ -285,6 +434,7 @@ def materialise_copy(
                 chunk=chunk_images,
                 quality=quality_images,
                 noise_source=noise_source,
+                params=params,
                 **noise,
             )
             values = int(np.prod(clean.shape[1:]))
@@ -293,7 +443,9 @@ def materialise_copy(
             "dataset": dataset,
             "beta": beta,
             "description": MECHANISMS[mechanism].description,
-            **replace(MECHANISMS[mechanism].privacy(beta, values), randomness=randomness(noise_source)).to_json(),
+            **replace(
+                MECHANISMS[mechanism].privacy(beta, shape, params), randomness=randomness(noise_source)
+            ).to_json(),
             "values_per_image": values,
             "storage": storage,
             "clipped": storage == "uint8",
@@ -324,8 +476,8 @@ def randomness(noise_source: NoiseSource) -> str:
 def _seed_policy(seed: int, noise_source: NoiseSource) -> str:
     if noise_source == "seeded":
         return (
-            f"seeded: numpy SeedSequence({seed}, spawn_key=(dataset, beta, split, image index)) -> PCG64 per "
-            "image; a rerun rebuilds identical bytes"
+            f"seeded: numpy SeedSequence({seed}, spawn_key=(dataset, mechanism, beta, split, image index)) -> "
+            "PCG64 per image; a rerun rebuilds identical bytes"
         )
     return "os: fresh operating-system entropy per image; not reproducible"
 

@@ -236,7 +236,7 @@ def attack_copies(
         "splits": {},
     }
     for split, clean_path, copy_path in zip(splits, clean, copies, strict=True):
-        stream = derive_seed(dataset, "ldp", beta, seed, split, "ldp-attack")
+        stream = derive_seed(dataset, privacy.get("mechanism"), beta, seed, split, "ldp-attack")
         clean_arr, stored = np.load(clean_path, mmap_mode="r"), np.load(copy_path, mmap_mode="r")
         try:
             found = attack_copy(clean_arr, stored, seed=stream, queries=queries, quality_images=quality_images)

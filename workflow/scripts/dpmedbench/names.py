@@ -12,7 +12,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 SPLITS = ("train", "val", "test")
+#: The grid's mechanism families, as ``mechanisms`` in the configuration names them.
 MECHANISMS = ("none", "ldp", "dpsgd")
+#: Local-DP mechanisms (the registry in :mod:`dpmedbench.ldp` defines them) and how tables and legends name them.
+LDP_MECHANISMS = {"laplace_pixel": "per-pixel Laplace", "laplace_image_shift": "image shift", "dp_pix": "DP-Pix"}
+#: A Local-DP cell's mechanism is ``ldp-<Local-DP mechanism>``: visible in its path, table row and legend.
+LDP_PREFIX = "ldp-"
 #: Output folder of one training cell, as Snakemake wildcards.
 CELL_DIR = "results/cells/{dataset}/{mechanism}/beta{beta}/seed{seed}"
 #: Output folder of one reference model of the calibrated audit.
@@ -21,6 +26,62 @@ REFERENCE_DIR = "results/references/{dataset}/{mechanism}/beta{beta}/ref{ref}"
 #: Plans are imported by name, so a cell's code digest covers its own plan and not the others: an edit to the
 #: DP-SGD code reruns the DP-SGD cells only.
 PLAN_MODULES = {"none": "plans", "ldp": "plans", "dpsgd": "dpplan"}
+
+
+def ldp_cell_mechanism(ldp_mechanism: str) -> str:
+    """The cell mechanism of a Local-DP mechanism's cells.
+
+    >>> ldp_cell_mechanism("dp_pix")
+    'ldp-dp_pix'
+    """
+    if ldp_mechanism not in LDP_MECHANISMS:
+        raise ValueError(f"unknown Local-DP mechanism {ldp_mechanism!r}; known: {', '.join(LDP_MECHANISMS)}")
+    return LDP_PREFIX + ldp_mechanism
+
+
+def family(mechanism: str) -> str:
+    """The family of a cell mechanism: ``none``, ``ldp`` or ``dpsgd``.
+
+    >>> family("ldp-laplace_pixel"), family("dpsgd")
+    ('ldp', 'dpsgd')
+    """
+    if mechanism.startswith(LDP_PREFIX):
+        ldp_cell_mechanism(mechanism.removeprefix(LDP_PREFIX))  # refuses unknown ones
+        return "ldp"
+    if mechanism not in ("none", "dpsgd"):
+        raise ValueError(f"unknown cell mechanism {mechanism!r}; known: none, dpsgd, ldp-<{'|'.join(LDP_MECHANISMS)}>")
+    return mechanism
+
+
+def ldp_mechanism(mechanism: str) -> str | None:
+    """The Local-DP mechanism of a cell mechanism (``None`` outside Local-DP).
+
+    >>> ldp_mechanism("ldp-dp_pix"), ldp_mechanism("none")
+    ('dp_pix', None)
+    """
+    return mechanism.removeprefix(LDP_PREFIX) if family(mechanism) == "ldp" else None
+
+
+def mechanism_label(mechanism: str) -> str:
+    """How tables and legends name a cell mechanism.
+
+    >>> mechanism_label("ldp-dp_pix"), mechanism_label("dpsgd"), mechanism_label("none")
+    ('Local-DP, DP-Pix', 'DP-SGD', 'no privacy')
+    """
+    variant = ldp_mechanism(mechanism)
+    if variant:
+        return f"Local-DP, {LDP_MECHANISMS[variant]}"
+    return {"none": "no privacy", "dpsgd": "DP-SGD"}[mechanism]
+
+
+def mechanism_order(mechanism: str) -> tuple[int, int]:
+    """Sort key of cell mechanisms: none, the Local-DP ones in registry order, DP-SGD.
+
+    >>> sorted(["dpsgd", "ldp-dp_pix", "none", "ldp-laplace_pixel"], key=mechanism_order)
+    ['none', 'ldp-laplace_pixel', 'ldp-dp_pix', 'dpsgd']
+    """
+    variant = ldp_mechanism(mechanism)
+    return (MECHANISMS.index(family(mechanism)), list(LDP_MECHANISMS).index(variant) if variant else 0)
 
 
 def beta_label(beta: float) -> str:

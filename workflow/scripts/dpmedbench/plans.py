@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TrainingError
-from .names import PLAN_MODULES
+from .names import PLAN_MODULES, family, ldp_mechanism
 from .privacy import NO_PRIVACY, PrivacyRecord
 from .runtime import derive_seed
 from .settings import CellConfig
@@ -158,12 +158,12 @@ def register_plan(plan: type[Plan]) -> type[Plan]:
 
 
 def plan_for(mechanism: str) -> type[Plan]:
-    """The plan class of ``mechanism``, importing the module that defines it if need be."""
-    if mechanism not in _PLANS:
-        if mechanism not in PLAN_MODULES:
-            raise ValueError(f"unknown mechanism {mechanism!r}; known: {sorted(PLAN_MODULES)}")
-        importlib.import_module(f"{__package__}.{PLAN_MODULES[mechanism]}")
-    return _PLANS[mechanism]
+    """The plan class of a cell ``mechanism`` (its family's: every ``ldp-*`` cell trains on its copy the same way),
+    importing the module that defines it if need be."""
+    kind = family(mechanism)
+    if kind not in _PLANS:
+        importlib.import_module(f"{__package__}.{PLAN_MODULES[kind]}")
+    return _PLANS[kind]
 
 
 register_plan(Plan)
@@ -186,6 +186,12 @@ class LocalDPPlan(Plan):
             raise TrainingError(
                 f"{ldp_privacy}: not the privacy record of a Local-DP copy ({exc}); rebuild it"
             ) from exc
+        expected = ldp_mechanism(config.mechanism)
+        if self.copy_record.mechanism != expected:
+            raise TrainingError(
+                f"{ldp_privacy}: a {self.copy_record.mechanism} copy, but this cell is {config.mechanism} "
+                f"(expects a {expected} copy); rebuild the copy or fix the cell's inputs"
+            )
 
     def describe(self) -> str:
         return f"ldp: {self.copy_record.mechanism} copy, batches of {self.config.batch_size}, shuffled"

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from .config import check_local_archives, enabled_datasets, validate_config
+from .config import check_local_archives, enabled_datasets, ldp_mechanisms, validate_config
 from .errors import ConfigError
 
 #: Images of each dataset by source (the full archives), for the disk plan.
@@ -198,11 +198,14 @@ def planned_bytes(config: Mapping[str, Any], root: Path) -> dict[str, float]:
         images = IMAGES[name].get(ds["source"], 0) * side * side * CHANNELS[name]
         plan["prepared arrays"] += images
         if "ldp" in config["mechanisms"]:
-            per_value = 1 if ds["ldp"]["clip"] or ds["ldp"]["mechanism"] == "laplace_image_shift" else 2
-            plan["Local-DP copies"] += NOISED_SHARE[name] * images * per_value * betas
-    for _ in enabled_datasets(config):
+            for mechanism in ldp_mechanisms(config, name):
+                per_value = 1 if ds["ldp"]["clip"] or mechanism == "laplace_image_shift" else 2
+                plan["Local-DP copies"] += NOISED_SHARE[name] * images * per_value * betas
+    for name in enabled_datasets(config):
         for mechanism in config["mechanisms"]:
             per_mechanism = 1 if mechanism == "none" else betas
+            if mechanism == "ldp":
+                per_mechanism *= len(ldp_mechanisms(config, name))
             cells += per_mechanism * len(config["seeds"]) + per_mechanism * config["evaluation"]["reference_models"]
     plan["checkpoints"] = cells * CELL_BYTES
     return plan

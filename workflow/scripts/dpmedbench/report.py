@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .auditfigures import audit_epsilon, ldp_reidentification
+from .auditfigures import COLOURS, audit_epsilon, ldp_reidentification
 from .fileio import atomic_outputs
 from .plotting import save_figure
 
 log = logging.getLogger(__name__)
-from .names import dataset_order
+from .names import dataset_order, family, mechanism_label, mechanism_order
 
 #: Numbers the paper's text reports (Singh et al. 2020, section "Experimental Result"): the non-private
 #: baselines' train/test accuracy in %. LDP and DP-SGD values appear only as bars in its Figure 4.
@@ -58,9 +58,6 @@ OPTIONAL_METRICS = (
     "audit_epsilon_ceiling",
     "audit_canary_epsilon_lb",
 )
-MECHANISM_ORDER = {"none": 0, "ldp": 1, "dpsgd": 2}
-
-LABELS = {"none": "no privacy", "ldp": "Local-DP", "dpsgd": "DP-SGD"}
 
 
 def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +76,7 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_sd"] = values.std(ddof=1) if len(values) > 1 else np.nan
         rows.append(row)
     out = pd.DataFrame(rows)
-    out["_order"] = out["mechanism"].map(MECHANISM_ORDER)
+    out["_order"] = out["mechanism"].map(mechanism_order)
     out["_dataset"] = out["dataset"].map({d: i for i, d in enumerate(dataset_order(out["dataset"]))})
     out = out.sort_values(["_dataset", "_order", "beta"]).drop(columns=["_order", "_dataset"])
     return out.reset_index(drop=True)
@@ -100,7 +97,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "dataset": table["dataset"],
-            "mechanism": table["mechanism"].map(LABELS),
+            "mechanism": table["mechanism"].map(mechanism_label),
             "β": table["beta"].map(lambda b: "–" if b == 0 else f"{b:g}"),
             "seeds": table["seeds"],
         }
@@ -151,6 +148,11 @@ def _latex(table: pd.DataFrame, caption: str, keys: int = 3) -> str:
     others :data:`LATEX_COLUMNS` at a time in wrapping ``tabularx`` columns (packages booktabs and tabularx)."""
     cols = list(table.columns)
     values = [cols[i : i + LATEX_COLUMNS] for i in range(keys, len(cols), LATEX_COLUMNS)] or [[]]
+    # A long key (a mechanism's name) wraps in a narrow column instead of pushing the table off the page.
+    key_specs = [
+        "l" if table[c].astype(str).str.len().max() <= 12 else r">{\raggedright\arraybackslash}p{5.5em}"
+        for c in cols[:keys]
+    ]
     lines = []
     for part, group in enumerate(values, 1):
         shown = cols[:keys] + group
@@ -161,7 +163,10 @@ def _latex(table: pd.DataFrame, caption: str, keys: int = 3) -> str:
             r"\small",
             r"\setlength{\tabcolsep}{3pt}",
             f"\\caption{{{latex_escape(caption) if part == 1 else 'continued'}{note}}}",
-            r"\begin{tabularx}{\linewidth}{" + "l" * keys + r">{\raggedleft\arraybackslash}X" * len(group) + "}",
+            r"\begin{tabularx}{\linewidth}{"
+            + "".join(key_specs)
+            + r">{\raggedleft\arraybackslash}X" * len(group)
+            + "}",
             r"\toprule",
             " & ".join(latex_escape(c) for c in shown) + r" \\",
             r"\midrule",
@@ -215,7 +220,7 @@ def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "dataset": r.dataset,
-                "mechanism": LABELS[r.mechanism],
+                "mechanism": mechanism_label(r.mechanism),
                 "β": "–" if r.beta == 0 else f"{r.beta:g}",
                 "paper train (%)": paper[0] if paper else "not in the text",
                 "paper test (%)": paper[1] if paper else "not in the text",
@@ -232,9 +237,14 @@ def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
 def _epsilon_caption(summary: pd.DataFrame) -> str:
     """What the tables' ε are, read from the cells: accountant, δ and unit of the DP-SGD cells; Local-DP's unit.
 
-    >>> _epsilon_caption(pd.DataFrame({"mechanism": ["dpsgd", "ldp"], "accountant": ["prv", "x"], "delta": [1e-4, 0],
-    ...                                "privacy_unit": ["patient", "pixel value"]}))
-    'ε: DP-SGD at δ = 0.0001 by the prv accountant, per patient; Local-DP per pixel value.'
+    >>> cells = pd.DataFrame({"mechanism": ["dpsgd", "ldp-laplace_pixel", "ldp-laplace_image_shift"],
+    ...     "accountant": ["prv", "x", None], "delta": [1e-4, 0, None],
+    ...     "privacy_unit": ["patient", "pixel value", None]})
+    >>> for part in _epsilon_caption(cells).split("; "):
+    ...     print(part)
+    ε: DP-SGD at δ = 0.0001 by the prv accountant, per patient
+    Local-DP, per-pixel Laplace: per pixel value
+    Local-DP, image shift: no ε (no formal guarantee).
     """
     parts = []
     dp = summary[summary["mechanism"] == "dpsgd"]
@@ -243,10 +253,12 @@ def _epsilon_caption(summary: pd.DataFrame) -> str:
         deltas = "/".join(f"{d:g}" for d in sorted(pd.to_numeric(dp["delta"], errors="coerce").dropna().unique()))
         units = " or ".join(sorted(dp.get("privacy_unit", pd.Series(dtype=str)).dropna().astype(str).unique()))
         parts.append(f"DP-SGD at δ = {deltas or '?'} by the {accountants} accountant, per {units or 'image'}")
-    ldp = summary[summary["mechanism"] == "ldp"]
-    if not ldp.empty:
-        units = sorted(ldp.get("privacy_unit", pd.Series(dtype=str)).dropna().astype(str).unique())
-        parts.append(f"Local-DP per {' or '.join(units)}" if units else "Local-DP: no ε (no formal guarantee)")
+    ldp = summary[summary["mechanism"].map(family) == "ldp"]
+    for mechanism in sorted(ldp["mechanism"].unique(), key=mechanism_order):
+        cells = ldp[ldp["mechanism"] == mechanism]
+        units = sorted(cells.get("privacy_unit", pd.Series(dtype=str)).dropna().astype(str).unique())
+        name = mechanism_label(mechanism)
+        parts.append(f"{name}: per {' or '.join(units)}" if units else f"{name}: no ε (no formal guarantee)")
     return f"ε: {'; '.join(parts)}." if parts else ""
 
 
@@ -319,7 +331,7 @@ _save = save_figure  # one writer for every figure (tests replace it to inspect 
 
 
 def _cell_label(mechanism: str, beta: float) -> str:
-    return LABELS[mechanism] if mechanism == "none" else f"{LABELS[mechanism]} β={beta:g}"
+    return mechanism_label(mechanism) if mechanism == "none" else f"{mechanism_label(mechanism)} β={beta:g}"
 
 
 def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Sequence[str], dpi: int) -> None:
@@ -335,7 +347,7 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
                 pd.DataFrame(
                     {
                         "dataset": dataset,
-                        "mechanism": LABELS[mechanism],
+                        "mechanism": mechanism_label(mechanism),
                         "β": "–" if mechanism == "none" else f"{beta:g}",
                         "seed": seed,
                         "epoch": h["epoch"],
@@ -358,7 +370,7 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
         errorbar=None,
         height=2.6,
         aspect=1.25,
-        col_order=[LABELS[m] for m in MECHANISM_ORDER if LABELS[m] in set(data["mechanism"])],
+        col_order=[mechanism_label(m) for m in sorted({k[1] for k in histories}, key=mechanism_order)],
         row_order=dataset_order(data["dataset"]),
     )
     grid.set_axis_labels("epoch", "accuracy (%)")
@@ -376,7 +388,7 @@ def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
         _cell_label(m, b)
         for m, b in sorted(
             {(m, b) for m, b in zip(summary["mechanism"], summary["beta"], strict=True)},
-            key=lambda t: (MECHANISM_ORDER[t[0]], t[1]),
+            key=lambda t: (mechanism_order(t[0]), t[1]),
         )
     ]
     long = summary.melt(
@@ -423,24 +435,31 @@ def _figure4_intervals(ax: plt.Axes, cells: pd.DataFrame, order: Sequence[str]) 
 
 
 def _epsilon_label(cells: pd.DataFrame) -> str:
-    """Axis label naming the accountant and δ of the DP-SGD cells shown, and what a Local-DP ε is per.
+    """Axis label of the common ε axis: any change to at most m pixels of one training image, and what each
+    family's ε is on it (the DP-SGD cells' accountant and δ, read from the cells).
 
-    >>> _epsilon_label(pd.DataFrame({"mechanism": ["dpsgd"], "accountant": ["prv"], "delta": [1e-4]}))
-    'ε (DP-SGD: prv, δ = 0.0001)'
-    >>> _epsilon_label(pd.DataFrame({"mechanism": ["dpsgd", "ldp"], "accountant": [None, None], "delta": [None, 0]}))
-    'ε (DP-SGD: accountant not recorded; Local-DP: per pixel value)'
+    >>> print(_epsilon_label(pd.DataFrame({"mechanism": ["dpsgd", "ldp-dp_pix"], "accountant": ["prv", None],
+    ...                                    "delta": [1e-4, 0], "neighbourhood_pixels": [None, 16]})))
+    ε for any change to ≤ 16 pixels of one training image
+    Local-DP: pure ε of each noisy image
+    DP-SGD: ε of the model (any change to one image), prv, δ = 0.0001
     """
-    dp = cells[cells["mechanism"] == "dpsgd"]
+    m = sorted({int(v) for v in pd.to_numeric(cells.get("neighbourhood_pixels"), errors="coerce").dropna()})
+    families = set(cells["mechanism"].map(family))
+    head = f"ε for any change to ≤ {'/'.join(map(str, m)) or 'm'} pixels of one training image"
     parts = []
+    if "ldp" in families:
+        parts.append("Local-DP: pure ε of each noisy image")
+    dp = cells[cells["mechanism"] == "dpsgd"]
     if not dp.empty:
         accountants = sorted({str(a) for a in dp["accountant"].dropna()})
         deltas = sorted(pd.to_numeric(dp["delta"], errors="coerce").dropna().unique())
-        record = [", ".join(accountants)] if accountants else []
+        record = [", ".join(accountants)] if accountants else ["accountant not recorded"]
         record += [f"δ = {'/'.join(f'{d:g}' for d in deltas)}"] if deltas else []
-        parts.append("DP-SGD: " + (", ".join(record) if record else "accountant not recorded"))
-    if (cells["mechanism"] == "ldp").any():
-        parts.append("Local-DP: per pixel value")
-    return f"ε ({'; '.join(parts)})" if parts else "ε"
+        parts.append("DP-SGD: ε of the model (any change to one image), " + ", ".join(record))
+    if not m and "ldp" not in families:
+        head = "ε per training image"
+    return "\n".join([head, *parts])
 
 
 def single_seed_intervals(cells: pd.DataFrame) -> pd.DataFrame:
@@ -460,12 +479,12 @@ def single_seed_intervals(cells: pd.DataFrame) -> pd.DataFrame:
 
 def _interval_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any], scale: float) -> None:
     """Exact 95 % intervals of the test accuracy of single-seed points, in the mechanism's colour."""
-    cells = group.assign(mechanism=group["mechanism"].map({v: k for k, v in LABELS.items()}))
-    for _, cell in single_seed_intervals(cells).iterrows():
+    for _, cell in single_seed_intervals(group).iterrows():
         value, low, high = (scale * cell[c] for c in ("test_acc", "low", "high"))
-        colour = palette.get(LABELS[cell["mechanism"]], "grey")
+        colour = palette.get(mechanism_label(cell["mechanism"]), "grey")
         yerr = [[max(value - low, 0)], [max(high - value, 0)]]
-        ax.errorbar(cell["epsilon"], value, yerr=yerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3, alpha=0.7)
+        ax.errorbar(cell[EPSILON_AXIS], value, yerr=yerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3,
+                    alpha=0.7)  # fmt: skip
 
 
 def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
@@ -482,6 +501,12 @@ def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
     return kept
 
 
+#: The ε of the privacy-utility and audit plots: under "any change to at most m pixels of one training image",
+#: the one neighbourhood every Local-DP mechanism and DP-SGD can state an ε for (summary.csv).
+EPSILON_AXIS = "epsilon_m_pixels"
+GUARANTEE_NAMES = {"ldp": "ε of each noisy image (Local-DP)", "dpsgd": "ε of the model (DP-SGD)"}
+
+
 def _epsilon_plot(
     summary_csv: str,
     ys: Mapping[str, str],
@@ -492,33 +517,40 @@ def _epsilon_plot(
     chance: float | None = None,
     percent: bool = False,
 ) -> None:
-    """``ys``: summary columns to draw (column -> label); columns no cell has are left out, and with more than
-    one left, the line style tells them apart (the colour is the mechanism). ``percent``: the columns are
-    fractions, drawn in % on a 0-100 axis with the non-private baseline (mean over seeds) as a dashed line."""
+    """``ys``: summary columns to draw (column -> label) against the common ε axis (:data:`EPSILON_AXIS`);
+    columns no cell has are left out. The colour is the cell mechanism; the marker is the family (Local-DP or
+    DP-SGD), or with several columns the column. ``percent``: the columns are fractions, drawn in % on a 0-100
+    axis with the non-private baseline (mean over seeds) as a dashed line."""
     summary = pd.read_csv(summary_csv)
+    if EPSILON_AXIS not in summary:
+        raise ValueError(f"{summary_csv}: no {EPSILON_AXIS} column (written by an older version); rerun summary")
     scale = 100.0 if percent else 1.0
     baselines = summary[summary["mechanism"] == "none"].groupby("dataset")[next(iter(ys))].mean() * scale
-    data = summary[pd.to_numeric(summary["epsilon"], errors="coerce") > 0].copy()
+    data = summary[pd.to_numeric(summary[EPSILON_AXIS], errors="coerce") > 0].copy()
+    data["ε is"] = data["mechanism"].map(family).map(GUARANTEE_NAMES)
     present = [c for c in ys if c in data and pd.to_numeric(data[c], errors="coerce").notna().any()] or [next(iter(ys))]
     data = pd.concat(
         [data.assign(value=scale * pd.to_numeric(data[c], errors="coerce"), measure=ys[c]) for c in present],
         ignore_index=True,
     )
-    style = "measure" if len(present) > 1 else "mechanism"
+    style = "measure" if len(present) > 1 else "ε is"
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(
-        1, max(1, data["dataset"].nunique()), figsize=(5 * max(1, data["dataset"].nunique()), 4.4), squeeze=False
+        1, max(1, data["dataset"].nunique()), figsize=(5.6 * max(1, data["dataset"].nunique()), 4.8), squeeze=False
     )
-    palette = dict(zip((LABELS["ldp"], LABELS["dpsgd"]), sns.color_palette(n_colors=2), strict=True))
+    labels = [mechanism_label(m) for m in sorted(set(data["mechanism"]), key=mechanism_order)]
+    palette = {mechanism_label(m): colour for m, colour in COLOURS.items()}  # the audit figures' colours
     groups = [(d, data[data["dataset"] == d]) for d in dataset_order(data["dataset"])]
     for ax, (dataset, group) in zip(axes[0], groups, strict=False):
         xlabel = _epsilon_label(group)
-        group = group.assign(mechanism=group["mechanism"].map(LABELS))
         sns.lineplot(
-            data=group,
-            x="epsilon",
+            data=group.rename(columns={"mechanism": "cell mechanism"}).assign(
+                mechanism=group["mechanism"].map(mechanism_label)
+            ),
+            x=EPSILON_AXIS,
             y="value",
             hue="mechanism",
+            hue_order=[lab for lab in labels if lab in set(group["mechanism"].map(mechanism_label))],
             style=style,
             markers=True,
             errorbar="sd",
@@ -526,10 +558,10 @@ def _epsilon_plot(
             ax=ax,
         )
         ax.set_xscale("log")
-        ticks = distinct_ticks(pd.to_numeric(group["epsilon"], errors="coerce").dropna())
+        ticks = distinct_ticks(pd.to_numeric(group[EPSILON_AXIS], errors="coerce").dropna())
         ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])  # the cells' own ε, not 3×10⁻¹
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(xlabel, fontsize="small")
         ax.set_ylabel(ylabel)
         ax.set_title(dataset)
         if chance is not None:
@@ -543,7 +575,7 @@ def _epsilon_plot(
                 ax.axhline(baselines[dataset], color="0.3", linestyle="--", linewidth=1, label="no privacy (baseline)")
                 ax.legend()
         # Below the panel, so that no legend hides a line.
-        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, frameon=False, fontsize="small")
+        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.36), ncol=2, frameon=False, fontsize="small")
     if data.empty:
         axes[0, 0].text(0.5, 0.5, "no cell with a computed ε", ha="center", va="center")
     fig.suptitle(title)

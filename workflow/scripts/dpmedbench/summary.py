@@ -14,7 +14,7 @@ from typing import Any
 from .fileio import atomic_outputs
 
 log = logging.getLogger(__name__)
-from .names import dataset_order
+from .names import LDP_PREFIX, dataset_order, family, mechanism_order
 from .privacy import PrivacyRecord
 
 COLUMNS = (
@@ -28,6 +28,8 @@ COLUMNS = (
     "privacy_mechanism",
     "epsilon",
     "epsilon_per_image",
+    "epsilon_m_pixels",
+    "neighbourhood_pixels",
     "delta",
     "accountant",
     "privacy_unit",
@@ -166,16 +168,15 @@ def write_summary(
     copies = {}
     for path in attacks:
         attack = json.loads(Path(path).read_text())
-        copies[(attack["dataset"], float(attack["beta"]))] = attack
+        copies[(attack["dataset"], LDP_PREFIX + attack["mechanism"], float(attack["beta"]))] = attack
     rows = []
     for m, e in zip(metrics, evaluations, strict=True):
         row = summary_row(json.loads(Path(m).read_text()), json.loads(Path(e).read_text()))
-        if row["mechanism"] == "ldp":
-            row.update(attack_columns(copies.get((row["dataset"], float(row["beta"])))))
+        if family(row["mechanism"]) == "ldp":
+            row.update(attack_columns(copies.get((row["dataset"], row["mechanism"], float(row["beta"])))))
         rows.append(row)
-    order = {"none": 0, "ldp": 1, "dpsgd": 2}
     datasets = {d: i for i, d in enumerate(dataset_order(r["dataset"] for r in rows))}
-    rows.sort(key=lambda r: (datasets[r["dataset"]], order[r["mechanism"]], r["beta"], r["seed"]))
+    rows.sort(key=lambda r: (datasets[r["dataset"]], mechanism_order(r["mechanism"]), r["beta"], r["seed"]))
     with atomic_outputs(out_csv) as (tmp,), open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()

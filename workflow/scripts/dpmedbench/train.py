@@ -29,7 +29,7 @@ from .checkpoint import RunState, load_resume, save_resume, write_outputs
 from .errors import TrainingError
 from .loop import fit
 from .models import build_resnet18
-from .names import data_provenance, groups_are_patients
+from .names import data_provenance, family, groups_are_patients
 from .plans import Plan, Streams, TrainingData, plan_for
 from .runtime import Interrupted, StopFlag, cpu_threads, derive_seed, pick_device, scheduler_record, versions
 from .settings import CellConfig, DPSettings
@@ -213,7 +213,7 @@ def cell_metrics(
         "classes": classes,
         "n_train": n,
         "selection": "best validation accuracy (earliest epoch on ties)"
-        + ("; validation = the noisy Local-DP copy" if config.mechanism == "ldp" else ""),
+        + ("; validation = the noisy Local-DP copy" if family(config.mechanism) == "ldp" else ""),
         "best_epoch": best["epoch"],
         "train_acc": best["train_acc"],
         "val_acc": best["val_acc"],
