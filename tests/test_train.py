@@ -112,6 +112,8 @@ def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism
         assert p["epsilon_rdp"] >= p["epsilon_prv"]
         assert p["steps"] == 2 * 3 and p["sample_rate"] == 8 / 24
         assert history[-1]["epsilon_rdp"] and float(history[0]["epsilon_rdp"]) < float(history[1]["epsilon_rdp"])
+        # Changing pixels of one image replaces it: a group of two under the add/remove accountant.
+        assert p["epsilon_m_pixels"] > 2 * p["epsilon_rdp"] and "group of 2" in p["epsilon_m_pixels_derivation"]
     elif mechanism == "ldp-laplace_pixel":
         assert metrics["privacy"]["epsilon_per_image"] == 784 and metrics["val_clean_acc"] is not None
     else:

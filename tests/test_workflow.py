@@ -326,7 +326,7 @@ def test_training_settings_rerun_only_the_cells_they_touch(demo):
     config["datasets"]["chest_xray"]["ldp"]["mechanism"].append("laplace_image_shift")  # a third mechanism
     dry = snakemake(demo, "-n", config=config)
     assert _jobs(dry) == one_mechanism
-    assert all("laplace_image_shift" in w for w in _wildcards(dry) if w.startswith("dataset=chest_xray"))
+    assert all("laplace_image_shift" in w for w in _wildcards(dry) if w.startswith("dataset=chest_xray, "))
     config["datasets"]["chest_xray"]["ldp"]["mechanism"].reverse()  # the order in the file changes nothing
     assert _jobs(snakemake(demo, "-n", config=config)) == one_mechanism
     config = _demo_config(demo)

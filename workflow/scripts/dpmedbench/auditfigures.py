@@ -108,7 +108,9 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
         ax.set(xscale="log", yscale="log", xlim=(left, right * 3), ylim=(FLOOR / 1.5, top_of(summary)))
         ticks = [t for t in 10.0 ** np.arange(-2, 7) if left <= t <= right / 10]
         ax.set_xticks([*ticks, right], [f"{t:g}" for t in ticks] + ["none"])
-        ax.set_xlabel("accounted ε for one training image\n(DP-SGD: its unit's ε; Local-DP: whole image, d/β)")
+        ax.set_xlabel(
+            "accounted ε for one training image\n(DP-SGD: its unit's ε; Local-DP: whole image, d/β or H·W/(m·β))"
+        )
         ax.set_ylabel("empirical ε lower bound (95 %; 0 drawn at 0.01)")
         ax.set_title(dataset)
     handles = [

@@ -240,6 +240,7 @@ class DPSGDPlan(Plan):
                 "epsilon_prv": spent["prv"],
                 "epsilon_rdp": spent["rdp"],
                 **self._patient_figures(spent[self.dp.accountant]),
+                **self._replacement(spent[self.dp.accountant]),
                 "noise_multiplier": self.sigma,
                 "noise_multiplier_source": "given"
                 if given
@@ -268,6 +269,19 @@ class DPSGDPlan(Plan):
         if self.dp.train_metrics == "exact":
             outside |= {"train_loss": TRAIN_METRICS_NOTE, "train_acc": TRAIN_METRICS_NOTE}
         return outside
+
+    def _replacement(self, eps: float) -> dict[str, Any]:
+        """Epsilon for changing one training image (any m of its pixels, or all): a replacement, which the
+        add/remove accountant covers only as a group of two units (remove the old, add the new) - about twice its
+        epsilon. At the patient unit, the changed image's patient is the group's unit."""
+        value = math.inf if math.isinf(eps) else dpm.group_epsilon(self.history, delta=self.dp.delta, group_size=2)
+        return {
+            "epsilon_m_pixels": value,
+            "epsilon_m_pixels_derivation": "changing pixels of one training image replaces that "
+            f"{self.dp.privacy_unit}'s record: add/remove epsilon for a group of 2 by RDP group privacy (Mironov "
+            f"2017, Prop. 2), at delta {self.dp.delta:g}; it holds for any change to one image, so for any m of its "
+            "pixels too",
+        }
 
     def _patient_figures(self, eps: float) -> dict[str, Any]:
         """What a patient gets: epsilon itself at the patient unit; by group privacy over the largest patient at

@@ -45,34 +45,42 @@ def _panel_title(beta: float, privacy: dict) -> str:
     return "\n".join(lines)
 
 
-def representative_index(clean: np.ndarray, copies: Sequence[np.ndarray], sample: int = 128) -> int:
-    """The training image whose noisy copies are the most typical: over ``sample`` evenly spaced images, the
-    SSIM of every copy (mechanism, beta, shown clipped to [0, 1]) against its clean image is ranked, and the image
-    whose rank is closest to the median rank in its least typical copy is chosen (every copy near its median,
-    none an outlier). Ties: the lowest index.
+def saturated_share(clean_uint8: np.ndarray, stored: np.ndarray) -> float:
+    """The share of an image's values that its noise pushed to 0 or 1 as shown (clipped), among those that were
+    not already that value: how much of the image the copy wipes out.
 
-    SSIM, not PSNR: a copy saturated to black keeps no structure (SSIM near 0) yet scores a middling PSNR on a dark
-    image. So the pick shows what a typical copy keeps: with a brightness shift at beta = 1, about a third of the
-    copies are saturated flat, and the typical one is not among them.
-
-    >>> rng = np.random.default_rng(0)
-    >>> clean = rng.integers(0, 256, (5, 16, 16, 1)).astype(np.uint8)
-    >>> noise = [0.5, 0.0, 0.1, 0.2, 0.3]  # more noise, less structure: the median is 0.2
-    >>> copy = np.stack([c / 255 + rng.normal(0, s + 1e-3, c.shape) for c, s in zip(clean, noise)]).astype(np.float32)
-    >>> representative_index(clean, [copy])
-    3
+    >>> clean = np.array([[[0], [128], [255], [64]]], np.uint8)
+    >>> saturated_share(clean, np.array([[[0.0], [1.0], [1.0], [0.3]]], np.float32))  # 128 -> 1 only
+    0.25
     """
+    shown = np.clip(decode_stored(np.asarray(stored)), 0.0, 1.0)
+    reference = np.asarray(clean_uint8, np.float32) / np.float32(255.0)
+    return float(np.mean(((shown == 0) | (shown == 1)) & (shown != reference)))
+
+
+def representative_index(clean: np.ndarray, copies: Sequence[np.ndarray], sample: int = 256) -> int:
+    """The training image whose noisy copies are the most typical. Over ``sample`` evenly spaced images, every
+    copy (mechanism, beta) is ranked by :func:`saturated_share` (ties share their mean rank), and the image whose
+    rank is closest to the median in its least typical copy is chosen; then the smallest total distance, then the
+    lowest index. No panel is then a lucky or an unlucky draw: a brightness shift at beta = 1 saturates about
+    half of a fundus photograph in the median copy, and the image shown is not one it turned all black.
+
+    >>> clean = np.full((5, 2, 2, 1), 128, np.uint8)
+    >>> copy = np.stack([np.where(np.arange(4).reshape(2, 2, 1) < k, 1.0, 0.5) for k in (4, 0, 2, 1, 3)])
+    >>> representative_index(clean, [copy.astype(np.float32)])  # saturated shares 1, 0, .5, .25, .75: median .5
+    2
+    """
+    from scipy.stats import rankdata
+
     indices = quality_indices(len(clean), sample)
-    references = [np.asarray(clean[i], np.float32) / np.float32(255.0) for i in indices]
-    scores = []
-    for copy in copies:
-        values = [
-            ssim(reference, np.clip(decode_stored(np.asarray(copy[i])), 0.0, 1.0))
-            for i, reference in zip(indices, references, strict=True)
+    distances = np.array(
+        [
+            np.abs(rankdata([saturated_share(clean[i], copy[i]) for i in indices]) - (len(indices) + 1) / 2)
+            for copy in copies
         ]
-        ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
-        scores.append(np.abs(ranks - (len(indices) - 1) / 2))
-    return int(indices[int(np.argmin(np.max(scores, axis=0)))])
+    )
+    order = np.lexsort((indices, distances.sum(axis=0), distances.max(axis=0)))
+    return int(indices[order[0]])
 
 
 def quality_label(clean: np.ndarray, noisy: np.ndarray) -> str:
@@ -122,7 +130,10 @@ def figure2(
         if array.shape != clean.shape:
             raise ValueError(f"{path}: shape {array.shape} is not the clean training split's {clean.shape}")
     if index is None:
-        index, how = representative_index(clean, arrays), "the most typical: median SSIM of its copies"
+        index, how = (
+            representative_index(clean, arrays),
+            "the most typical: its copies saturate as much as the median copy",
+        )
     elif not 0 <= index < len(clean):
         raise ValueError(f"ldp.figure_index {index} is outside the {len(clean)} training images of {dataset}")
     else:

@@ -286,8 +286,8 @@ def _pix_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) ->
             f"Laplace noise of scale C*m*beta/b^2 = {scale:.6g} on [0, 1] ({255 * scale:.4g} grey levels) is added to "
             f"every cell mean. Changing at most m = {m} pixels ({channels} value(s) each, each by at most 1) moves the "
             f"C cell means by at most C*m/b^2 = {channels * m / b**2:.6g} in L1, so epsilon = 1/beta for that "
-            f"neighbourhood. A change to the whole image (H*W pixels) is covered by group privacy: "
-            f"epsilon = H*W / (m*beta). Clipping and storage are post-processing.",
+            f"neighbourhood. Any change to the whole image moves the cell means by at most C*H*W/b^2 in L1: "
+            f"epsilon = H*W / (m*beta) per image. Clipping and storage are post-processing.",
         },
     )
 

@@ -65,10 +65,13 @@ def ldp_mechanism(mechanism: str) -> str | None:
 def mechanism_label(mechanism: str) -> str:
     """How tables and legends name a cell mechanism.
 
-    >>> mechanism_label("ldp-dp_pix"), mechanism_label("dpsgd"), mechanism_label("none")
-    ('Local-DP, DP-Pix', 'DP-SGD', 'no privacy')
+    >>> mechanism_label("ldp-dp_pix"), mechanism_label("dpsgd"), mechanism_label("none"), mechanism_label("ldp")
+    ('Local-DP, DP-Pix', 'DP-SGD', 'no privacy', 'ldp')
     """
-    variant = ldp_mechanism(mechanism)
+    try:
+        variant = ldp_mechanism(mechanism)
+    except ValueError:  # a name this version does not know (an older summary.csv): shown as it is
+        return mechanism
     if variant:
         return f"Local-DP, {LDP_MECHANISMS[variant]}"
     return {"none": "no privacy", "dpsgd": "DP-SGD"}[mechanism]

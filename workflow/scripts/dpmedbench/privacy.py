@@ -60,15 +60,14 @@ class PrivacyRecord:
 
     def summary_view(self) -> dict[str, Any]:
         """The privacy columns of ``results/summary.csv``."""
-        # A patient-level guarantee covers any change to one of the patient's images as well.
-        per_image = self.epsilon if self.unit in ("image", "patient") else self.details.get("epsilon_per_image")
+        per_image = self.epsilon if self.unit == "image" else self.details.get("epsilon_per_image")
         return {
             "privacy_mechanism": self.mechanism,
             "epsilon": self.epsilon,
             "epsilon_per_image": per_image,
-            # Under "any change to at most m pixels of one image": Local-DP copies state it; a guarantee for any
-            # change to a whole image (DP-SGD's) holds for a change to m of its pixels too.
-            "epsilon_m_pixels": self.details.get("epsilon_m_pixels", per_image),
+            # Under "any change to at most m pixels of one image" (a replacement): every Local-DP copy and every
+            # DP-SGD cell records it; none where a mechanism states none.
+            "epsilon_m_pixels": self.details.get("epsilon_m_pixels"),
             "neighbourhood_pixels": self.details.get("neighbourhood_pixels"),
             "delta": self.delta,
             "accountant": self.accountant if self.epsilon is not None else None,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .auditfigures import COLOURS, audit_epsilon, ldp_reidentification
+from .auditfigures import COLOURS, accounted_epsilon, audit_epsilon, ldp_reidentification
 from .fileio import atomic_outputs
 from .plotting import save_figure
 
@@ -381,47 +381,52 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
 
 
 def figure4(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
-    """Train and test accuracy (best-validation epoch, mean ± sd over seeds) by mechanism and β, per dataset."""
+    """Train and test accuracy (best-validation epoch, mean ± sd over seeds) by mechanism and β, per dataset;
+    each panel shows its own dataset's cells (datasets may list different Local-DP mechanisms)."""
     summary = pd.read_csv(summary_csv)
     summary["cell"] = [_cell_label(m, b) for m, b in zip(summary["mechanism"], summary["beta"], strict=True)]
-    order = [
-        _cell_label(m, b)
-        for m, b in sorted(
-            {(m, b) for m, b in zip(summary["mechanism"], summary["beta"], strict=True)},
-            key=lambda t: (mechanism_order(t[0]), t[1]),
-        )
-    ]
     long = summary.melt(
         id_vars=["dataset", "cell"], value_vars=["train_acc", "test_acc"], var_name="split", value_name="accuracy"
     )
     long["accuracy"] *= 100
     long["split"] = long["split"].map({"train_acc": "train", "test_acc": "test"})
     sns.set_theme(style="whitegrid", context="paper")
-    grid = sns.catplot(
-        data=long,
-        x="cell",
-        y="accuracy",
-        hue="split",
-        col="dataset",
-        kind="bar",
-        order=order,
-        col_order=dataset_order(long["dataset"]),
-        errorbar="sd",
-        height=3.2,
-        aspect=1.4,
-    )
-    grid.set_axis_labels("", "accuracy (%)")
-    grid.set_titles("{col_name}")
-    for ax in grid.axes.flat:
+    datasets = dataset_order(long["dataset"])
+    widths = [max(3.0, 0.45 * summary.loc[summary["dataset"] == d, "cell"].nunique()) for d in datasets]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(sum(widths) + 1.5, 4.6), squeeze=False, sharey=True,
+                             gridspec_kw={"width_ratios": widths})  # fmt: skip
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        cells = summary[summary["dataset"] == dataset]
+        order = [
+            _cell_label(m, b)
+            for m, b in sorted(
+                {(m, b) for m, b in zip(cells["mechanism"], cells["beta"], strict=True)},
+                key=lambda t: (mechanism_order(t[0]), t[1]),
+            )
+        ]
+        sns.barplot(
+            data=long[long["dataset"] == dataset],
+            x="cell",
+            y="accuracy",
+            hue="split",
+            hue_order=["train", "test"],
+            order=order,
+            errorbar="sd",
+            ax=ax,
+        )
+        _figure4_intervals(ax, cells, order)
+        ax.set(xlabel="", ylabel="accuracy (%)", title=dataset, ylim=(0, 105))
         ax.tick_params(axis="x", rotation=45)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
-    for ax, dataset in zip(grid.axes.flat, dataset_order(long["dataset"]), strict=False):
-        _figure4_intervals(ax, summary[summary["dataset"] == dataset], order)
+        if ax is not axes[0, -1]:
+            ax.get_legend().remove()
+    sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.0, 1.0), title="split", frameon=False)
     marked = summary.get("train_outside_guarantee", pd.Series(dtype=object)).astype(str).str.lower().eq("true")
     note = "; DP-SGD train accuracy: outside the DP guarantee" if marked.any() else ""
-    grid.figure.suptitle(f"Figure 4: accuracy by mechanism and β (model chosen on validation data){note}", y=1.03)
-    _save(grid.figure, outputs, dpi)
+    fig.suptitle(f"Figure 4: accuracy by mechanism and β (model chosen on validation data){note}")
+    fig.tight_layout()
+    _save(fig, outputs, dpi)
 
 
 def _figure4_intervals(ax: plt.Axes, cells: pd.DataFrame, order: Sequence[str]) -> None:
@@ -436,13 +441,13 @@ def _figure4_intervals(ax: plt.Axes, cells: pd.DataFrame, order: Sequence[str]) 
 
 def _epsilon_label(cells: pd.DataFrame) -> str:
     """Axis label of the common ε axis: any change to at most m pixels of one training image, and what each
-    family's ε is on it (the DP-SGD cells' accountant and δ, read from the cells).
+    family's ε is on it (the DP-SGD cells' δ, read from the cells).
 
-    >>> print(_epsilon_label(pd.DataFrame({"mechanism": ["dpsgd", "ldp-dp_pix"], "accountant": ["prv", None],
-    ...                                    "delta": [1e-4, 0], "neighbourhood_pixels": [None, 16]})))
+    >>> print(_epsilon_label(pd.DataFrame({"mechanism": ["dpsgd", "ldp-dp_pix"], "delta": [1e-4, 0],
+    ...                                    "neighbourhood_pixels": [None, 16]})))
     ε for any change to ≤ 16 pixels of one training image
     Local-DP: pure ε of each noisy image
-    DP-SGD: ε of the model (any change to one image), prv, δ = 0.0001
+    DP-SGD: the model's ε for replacing one image (RDP, group of 2), δ = 0.0001
     """
     m = sorted({int(v) for v in pd.to_numeric(cells.get("neighbourhood_pixels"), errors="coerce").dropna()})
     families = set(cells["mechanism"].map(family))
@@ -452,13 +457,9 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
         parts.append("Local-DP: pure ε of each noisy image")
     dp = cells[cells["mechanism"] == "dpsgd"]
     if not dp.empty:
-        accountants = sorted({str(a) for a in dp["accountant"].dropna()})
         deltas = sorted(pd.to_numeric(dp["delta"], errors="coerce").dropna().unique())
-        record = [", ".join(accountants)] if accountants else ["accountant not recorded"]
-        record += [f"δ = {'/'.join(f'{d:g}' for d in deltas)}"] if deltas else []
-        parts.append("DP-SGD: ε of the model (any change to one image), " + ", ".join(record))
-    if not m and "ldp" not in families:
-        head = "ε per training image"
+        record = f", δ = {'/'.join(f'{d:g}' for d in deltas)}" if deltas else ""
+        parts.append(f"DP-SGD: the model's ε for replacing one image (RDP, group of 2){record}")
     return "\n".join([head, *parts])
 
 
@@ -501,9 +502,13 @@ def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
     return kept
 
 
-#: The ε of the privacy-utility and audit plots: under "any change to at most m pixels of one training image",
-#: the one neighbourhood every Local-DP mechanism and DP-SGD can state an ε for (summary.csv).
+#: The ε of the privacy-utility plot: under "any change to at most m pixels of one training image", the one
+#: neighbourhood every Local-DP mechanism and DP-SGD can state an ε for (summary.csv).
 EPSILON_AXIS = "epsilon_m_pixels"
+WHOLE_IMAGE_LABEL = (
+    "ε for one whole training image\nLocal-DP: the noisy copy's ε for any change to the image (d/β, H·W/(m·β))\n"
+    "DP-SGD: the accountant's ε for adding or removing one image (or patient)"
+)
 GUARANTEE_NAMES = {"ldp": "ε of each noisy image (Local-DP)", "dpsgd": "ε of the model (DP-SGD)"}
 
 
@@ -516,17 +521,20 @@ def _epsilon_plot(
     dpi: int,
     chance: float | None = None,
     percent: bool = False,
+    whole_image: bool = False,
 ) -> None:
-    """``ys``: summary columns to draw (column -> label) against the common ε axis (:data:`EPSILON_AXIS`);
-    columns no cell has are left out. The colour is the cell mechanism; the marker is the family (Local-DP or
-    DP-SGD), or with several columns the column. ``percent``: the columns are fractions, drawn in % on a 0-100
-    axis with the non-private baseline (mean over seeds) as a dashed line."""
+    """``ys``: summary columns to draw (column -> label) against ε: by default the common m-pixel axis
+    (:data:`EPSILON_AXIS`), with ``whole_image`` the ε for one whole training image (what a membership test asks
+    about, :func:`auditfigures.accounted_epsilon`). Columns no cell has are left out. The colour is the cell
+    mechanism; the marker is the family (Local-DP or DP-SGD), or with several columns the column. ``percent``: the
+    columns are fractions, drawn in % on a 0-100 axis with the non-private baseline (mean over seeds) dashed."""
     summary = pd.read_csv(summary_csv)
     if EPSILON_AXIS not in summary:
         raise ValueError(f"{summary_csv}: no {EPSILON_AXIS} column (written by an older version); rerun summary")
+    summary["x"] = accounted_epsilon(summary) if whole_image else pd.to_numeric(summary[EPSILON_AXIS], errors="coerce")
     scale = 100.0 if percent else 1.0
     baselines = summary[summary["mechanism"] == "none"].groupby("dataset")[next(iter(ys))].mean() * scale
-    data = summary[pd.to_numeric(summary[EPSILON_AXIS], errors="coerce") > 0].copy()
+    data = summary[summary["x"] > 0].copy()
     data["ε is"] = data["mechanism"].map(family).map(GUARANTEE_NAMES)
     present = [c for c in ys if c in data and pd.to_numeric(data[c], errors="coerce").notna().any()] or [next(iter(ys))]
     data = pd.concat(
@@ -542,23 +550,27 @@ def _epsilon_plot(
     palette = {mechanism_label(m): colour for m, colour in COLOURS.items()}  # the audit figures' colours
     groups = [(d, data[data["dataset"] == d]) for d in dataset_order(data["dataset"])]
     for ax, (dataset, group) in zip(axes[0], groups, strict=False):
-        xlabel = _epsilon_label(group)
+        xlabel = WHOLE_IMAGE_LABEL if whole_image else _epsilon_label(group)
+        fixed = {
+            "style_order": list(GUARANTEE_NAMES.values()),
+            "markers": dict(zip(GUARANTEE_NAMES.values(), "oX", strict=True)),
+        }
         sns.lineplot(
             data=group.rename(columns={"mechanism": "cell mechanism"}).assign(
                 mechanism=group["mechanism"].map(mechanism_label)
             ),
-            x=EPSILON_AXIS,
+            x="x",
             y="value",
             hue="mechanism",
             hue_order=[lab for lab in labels if lab in set(group["mechanism"].map(mechanism_label))],
             style=style,
-            markers=True,
+            **(fixed if style == "ε is" else {"markers": True}),
             errorbar="sd",
             palette=palette,
             ax=ax,
         )
         ax.set_xscale("log")
-        ticks = distinct_ticks(pd.to_numeric(group[EPSILON_AXIS], errors="coerce").dropna())
+        ticks = distinct_ticks(group["x"].dropna())
         ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])  # the cells' own ε, not 3×10⁻¹
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel, fontsize="small")
@@ -607,6 +619,7 @@ def audit_plot(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
         outputs,
         dpi,
         chance=0.5,
+        whole_image=True,
     )
 
 
