@@ -136,6 +136,14 @@ def test_an_audit_above_the_accounted_epsilon_stops_the_evaluation():
         {"members": {"epsilon": {"epsilon_lb": 9.0}}}, {"mechanism": "none", "epsilon": None}, cell
     )
     assert audit_delta(privacy) == 1e-4 and audit_delta({"delta": 0.0}) == 0.0 and audit_delta({}) == 1e-5
+    # At the patient unit an image's membership is bounded by the replacement (group-of-2) epsilon, not the
+    # patient's: 1.7 is within it; the canaries (their own units) are still held to the accounted epsilon.
+    by_patient = {**privacy, "unit": "patient", "epsilon_m_pixels": 2.4}
+    _check_against_accountant({"members": {"epsilon": {"epsilon_lb": 1.7}}}, by_patient, cell)
+    with pytest.raises(TrainingError, match="lower bound 2.500 exceeds the accounted epsilon 2.400"):
+        _check_against_accountant({"members": {"epsilon": {"epsilon_lb": 2.5}}}, by_patient, cell)
+    with pytest.raises(TrainingError, match="canaries audit's empirical epsilon lower bound 1.700"):
+        _check_against_accountant({"canaries": {"epsilon_lb": 1.7}}, by_patient, cell)
 
 
 @pytest.mark.parametrize(("sigma", "memorises"), [(0.0, True), (100.0, False)])

@@ -35,19 +35,30 @@ FLOOR = 1e-2  # where a bound of 0 is drawn on the log axis
 
 
 def accounted_epsilon(summary: pd.DataFrame) -> pd.Series:
-    """The epsilon each cell's guarantee gives one training image: the per-image epsilon where recorded (a
-    Local-DP copy's d/beta, DP-SGD at the image unit), else the unit's epsilon (DP-SGD by patient covers any
-    image of the patient); NaN where there is no guarantee.
+    """The epsilon each cell's guarantee gives one training image's membership: the per-image epsilon where
+    recorded (a Local-DP copy's whole-image epsilon, DP-SGD at the image unit); at the patient unit the
+    replacement epsilon (an image joins or leaves its patient's record: a group of 2 patients' records); else
+    the unit's epsilon; NaN where there is no guarantee.
 
     >>> accounted_epsilon(pd.DataFrame({"epsilon": [0.5, 1.0, None], "epsilon_per_image": [None, 2304.0, None]}))
     0       0.5
     1    2304.0
     2       NaN
     dtype: float64
+    >>> accounted_epsilon(pd.DataFrame({"epsilon": [0.5], "privacy_unit": ["patient"], "epsilon_m_pixels": [1.2]}))
+    0    1.2
+    dtype: float64
     """
-    per_image = pd.to_numeric(summary.get("epsilon_per_image"), errors="coerce")
-    unit = pd.to_numeric(summary["epsilon"], errors="coerce")
-    return per_image.fillna(unit).where(lambda x: x > 0).rename(None)
+
+    def column(name: str) -> pd.Series:
+        values = summary[name] if name in summary else pd.Series(np.nan, index=summary.index)
+        return pd.to_numeric(values, errors="coerce")
+
+    per_image, unit = column("epsilon_per_image"), column("epsilon")
+    # DP-SGD at the patient unit: one image's membership changes its patient's record, a replacement (group of 2).
+    patient = summary["privacy_unit"].eq("patient") if "privacy_unit" in summary else pd.Series(False, summary.index)
+    replacement = column("epsilon_m_pixels").where(patient)
+    return per_image.fillna(replacement).fillna(unit).where(lambda x: x > 0).rename(None)
 
 
 def spread(x: pd.Series, width: float = 0.6) -> np.ndarray:
@@ -109,7 +120,8 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
         ticks = [t for t in 10.0 ** np.arange(-2, 7) if left <= t <= right / 10]
         ax.set_xticks([*ticks, right], [f"{t:g}" for t in ticks] + ["none"])
         ax.set_xlabel(
-            "accounted ε for one training image\n(DP-SGD: its unit's ε; Local-DP: whole image, d/β or H·W/(m·β))"
+            "accounted ε for one training image's membership\n(DP-SGD: ε per image, or per replaced patient record; "
+            "Local-DP: whole image, d/β or H·W/(m·β))"
         )
         ax.set_ylabel("empirical ε lower bound (95 %; 0 drawn at 0.01)")
         ax.set_title(dataset)

@@ -77,6 +77,20 @@ def audit_delta(privacy: Mapping[str, Any]) -> float:
     return float(delta) if delta is not None else AUDIT_DELTA
 
 
+def _accounted_for(audit: str, privacy: Mapping[str, Any]) -> float:
+    """The epsilon an audit's membership question is bounded by. Canaries are each their own privacy unit: the
+    accounted epsilon. An image's membership at the patient unit changes its patient's record (the patient's
+    other images stay): a replacement, bounded by the group-of-2 epsilon (``epsilon_m_pixels``).
+
+    >>> p = {"epsilon": 1.0, "unit": "patient", "epsilon_m_pixels": 2.3}
+    >>> _accounted_for("members", p), _accounted_for("canaries", p), _accounted_for("members", {"epsilon": 1.0})
+    (2.3, 1.0, 1.0)
+    """
+    if audit == "canaries" or privacy.get("unit") != "patient":
+        return float(privacy["epsilon"])
+    return float(privacy.get("epsilon_m_pixels") or privacy["epsilon"])
+
+
 def _check_against_accountant(audits: Mapping[str, Any], privacy: Mapping[str, Any], cell: Mapping[str, Any]) -> None:
     """An empirical lower bound above a DP-SGD cell's accounted epsilon means the training or the accounting is
     wrong: stop rather than publish both."""
@@ -84,10 +98,11 @@ def _check_against_accountant(audits: Mapping[str, Any], privacy: Mapping[str, A
         return
     for name, audit in audits.items():
         lb = (audit.get("epsilon") or audit).get("epsilon_lb")
-        if lb is not None and lb > privacy["epsilon"] + 1e-9:
+        accounted = _accounted_for(name, privacy)
+        if lb is not None and lb > accounted + 1e-9:
             raise TrainingError(
                 f"{cell}: the {name} audit's empirical epsilon lower bound {lb:.3f} exceeds the accounted epsilon "
-                f"{privacy['epsilon']:.3f} ({privacy.get('accountant')}, delta {privacy.get('delta')}): DP-SGD cannot "
+                f"{accounted:.3f} ({privacy.get('accountant')}, delta {privacy.get('delta')}): DP-SGD cannot "
                 f"have given this model its guarantee. This is a bug in the training or the accounting; do not "
                 f"publish this cell"
             )

@@ -488,6 +488,17 @@ def _interval_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any]
                     alpha=0.7)  # fmt: skip
 
 
+def tick_text(value: float) -> str:
+    """A short tick label: two significant digits, thousands as k.
+
+    >>> [tick_text(v) for v in (0.244, 1.0, 36.0, 144.0, 2304.0, 196608.0)]
+    ['0.24', '1', '36', '144', '2.3k', '197k']
+    """
+    if value >= 1000:
+        return f"{value / 1000:.2g}k" if value < 10000 else f"{value / 1000:.0f}k"
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
     """The sorted values, leaving out any within a factor ``gap`` of the last one kept (their labels would
     overlap on a log axis).
@@ -570,8 +581,10 @@ def _epsilon_plot(
             ax=ax,
         )
         ax.set_xscale("log")
-        ticks = distinct_ticks(group["x"].dropna())
-        ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])  # the cells' own ε, not 3×10⁻¹
+        values = group["x"].dropna()
+        # The cells' own ε (not 3×10⁻¹), at most about ten across the panel so that no two labels collide.
+        ticks = distinct_ticks(values, gap=max(1.15, (values.max() / values.min()) ** 0.1) if len(values) else 1.15)
+        ax.set_xticks(ticks, [tick_text(t) for t in ticks])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel, fontsize="small")
         ax.set_ylabel(ylabel)
@@ -586,13 +599,31 @@ def _epsilon_plot(
             if dataset in baselines and pd.notna(baselines[dataset]):
                 ax.axhline(baselines[dataset], color="0.3", linestyle="--", linewidth=1, label="no privacy (baseline)")
                 ax.legend()
-        # Below the panel, so that no legend hides a line.
-        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.36), ncol=2, frameon=False, fontsize="small")
+        _sectioned_legend(ax, ("mechanism", "ε is", "measure"))
     if data.empty:
         axes[0, 0].text(0.5, 0.5, "no cell with a computed ε", ha="center", va="center")
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, outputs, dpi)
+
+
+def _sectioned_legend(ax: plt.Axes, titles: Sequence[str]) -> None:
+    """The panel's legend below it, one column per seaborn section (``titles``: the section headers), padded so
+    that no header wraps into another section's column; lines added by hand (baseline, chance) join the last."""
+    handles, labels = ax.get_legend_handles_labels()
+    sections: list[list[tuple[Any, str]]] = []
+    for handle, label in zip(handles, labels, strict=True):
+        if label in titles or not sections:
+            sections.append([])
+        sections[-1].append((handle, label))
+    rows = max(len(section) for section in sections)
+    blank = plt.Line2D([], [], linestyle="none")
+    entries = [entry for section in sections for entry in section + [(blank, "")] * (rows - len(section))]
+    ax.legend([h for h, _ in entries], [lb for _, lb in entries], ncol=len(sections), loc="upper center",
+              bbox_to_anchor=(0.5, -0.36), frameon=False, fontsize="small")  # fmt: skip
+    for text in ax.get_legend().get_texts():
+        if text.get_text() in titles:
+            text.set_fontweight("bold")
 
 
 def privacy_utility(*, summary_csv: str, outputs: Sequence[str], dpi: int) -> None:
