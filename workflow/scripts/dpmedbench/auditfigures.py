@@ -120,8 +120,9 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
         ticks = [t for t in 10.0 ** np.arange(-2, 7) if left <= t <= right / 10]
         ax.set_xticks([*ticks, right], [f"{t:g}" for t in ticks] + ["none"])
         ax.set_xlabel(
-            "accounted ε for one training image's membership\n(DP-SGD: ε per image, or per replaced patient record; "
-            "Local-DP: whole image, d/β or H·W/(m·β))"
+            "accounted ε for one training image's membership\nDP-SGD: ε per image (patient unit: per replaced "
+            "patient record)\nLocal-DP: whole image, d/β or H·W/(m·β)",
+            fontsize="small",
         )
         ax.set_ylabel("empirical ε lower bound (95 %; 0 drawn at 0.01)")
         ax.set_title(dataset)

@@ -363,6 +363,7 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
         x="epoch",
         y="accuracy",
         hue="β",
+        hue_order=sorted(set(data["β"]), key=lambda b: -1.0 if b == "–" else float(b)),
         style="split",
         row="dataset",
         col="mechanism",
@@ -375,6 +376,11 @@ def figure3(*, histories: Mapping[tuple[str, str, float, int], str], outputs: Se
     )
     grid.set_axis_labels("epoch", "accuracy (%)")
     grid.set_titles("{row_name} · {col_name}")
+    for ax in grid.axes.flat:
+        if not ax.lines:  # a Local-DP mechanism that only the other dataset lists
+            ax.text(0.5, 0.5, "not in this dataset's grid", ha="center", va="center", color="0.5",
+                    transform=ax.transAxes)  # fmt: skip
+            ax.grid(False)
     note = "; DP-SGD train accuracy is published outside the DP guarantee" if outside else ""
     grid.figure.suptitle(f"Figure 3: learning curves (mean over seeds){note}", y=1.02)
     _save(grid.figure, outputs, dpi)
