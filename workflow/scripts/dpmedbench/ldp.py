@@ -150,10 +150,15 @@ def register(mechanism: Mechanism) -> Mechanism:
     return mechanism
 
 
-def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
-    per_image = values[0].size
+def _add_laplace(target: np.ndarray, gens: list[np.random.Generator], scale: float) -> None:
+    """Add Laplace(0, ``scale``) noise to every value of ``target[i]`` in place, from ``gens[i]``."""
+    per_image = target[0].size
     for i, g in enumerate(gens):
-        values[i] += laplace_from_bits(random_words(g, per_image), beta).reshape(values.shape[1:])
+        target[i] += laplace_from_bits(random_words(g, per_image), scale).reshape(target.shape[1:])
+
+
+def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
+    _add_laplace(values, gens, beta)
 
 
 LOCAL_SCOPE = "local: each noisy image is released on its own; whatever is computed from it is post-processing"
@@ -254,10 +259,7 @@ def pixelate(values: np.ndarray, block: int) -> np.ndarray:
 
 def _pix_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
     cells = pixelate(values, params.block)
-    scale = dp_pix_scale(beta, params.block, params.neighbourhood, values.shape[-1])
-    per_image = cells[0].size
-    for i, g in enumerate(gens):
-        cells[i] += laplace_from_bits(random_words(g, per_image), scale).reshape(cells.shape[1:])
+    _add_laplace(cells, gens, dp_pix_scale(beta, params.block, params.neighbourhood, values.shape[-1]))
     values[...] = np.repeat(np.repeat(cells, params.block, axis=1), params.block, axis=2)
 
 
@@ -437,7 +439,7 @@ def materialise_copy(
                 params=params,
                 **noise,
             )
-            values = int(np.prod(clean.shape[1:]))
+            values = int(np.prod(shape))
             log.info("%s beta=%g %s: %d images, %s", dataset, beta, split, len(clean), record[split])
         privacy = {
             "dataset": dataset,

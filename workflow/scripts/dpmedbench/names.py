@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 SPLITS = ("train", "val", "test")
+#: Channels of each dataset's prepared images: greyscale chest X-rays, colour fundus photographs.
+CHANNELS = {"chest_xray": 1, "aptos": 3}
 #: The grid's mechanism families, as ``mechanisms`` in the configuration names them.
 MECHANISMS = ("none", "ldp", "dpsgd")
 #: Local-DP mechanisms (the registry in :mod:`dpmedbench.ldp` defines them) and how tables and legends name them.

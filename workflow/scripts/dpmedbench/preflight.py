@@ -23,13 +23,13 @@ import yaml
 
 from .config import check_local_archives, enabled_datasets, ldp_mechanisms, validate_config
 from .errors import ConfigError
+from .names import CHANNELS
 
 #: Images of each dataset by source (the full archives), for the disk plan.
 IMAGES = {
     "chest_xray": {"kaggle": 5856, "mendeley": 5856, "medmnist": 5856, "local": 5856},
     "aptos": {"kaggle": 3662, "medmnist": 1600, "local": 3662},
 }
-CHANNELS = {"chest_xray": 1, "aptos": 3}
 #: Share of the images in the noised splits (train + val): chest X-rays keep the official 624-image test split,
 #: APTOS holds out test_fraction (0.2 by default).
 NOISED_SHARE = {"chest_xray": 5232 / 5856, "aptos": 0.8}

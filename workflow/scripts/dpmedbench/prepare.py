@@ -38,12 +38,11 @@ from .fileio import atomic_outputs, source_digest
 from .imaging import ResizeMode, decode_resized, resize_loaded
 from .layouts import READERS, Inventory, Record
 from .medmnist import MEDMNIST, load_dataset
-from .names import SPLITS, is_medmnist
+from .names import CHANNELS, SPLITS, is_medmnist
 from .splits import stratified_group_holdout, stratified_holdout
 
 log = logging.getLogger(__name__)
 
-CHANNELS = {"chest_xray": 1, "aptos": 3}
 MANIFEST_COLUMNS = ("index", "source", "label", "class_name", "group", "origin")
 
 

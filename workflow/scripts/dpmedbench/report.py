@@ -439,10 +439,14 @@ def _figure4_intervals(ax: plt.Axes, cells: pd.DataFrame, order: Sequence[str]) 
     """Exact 95 % intervals on the test bars of single-seed cells (the test bar is the right one of each
     pair; seaborn draws the spread over seeds where there are several)."""
     for _, cell in single_seed_intervals(cells).iterrows():
-        x = order.index(_cell_label(cell["mechanism"], cell["beta"])) + 0.2
-        value, low, high = (100 * cell[c] for c in ("test_acc", "low", "high"))
-        ax.errorbar(x, value, yerr=[[max(value - low, 0)], [max(high - value, 0)]], fmt="none", ecolor="black",
-                    elinewidth=1, capsize=3)  # fmt: skip
+        _accuracy_interval(ax, order.index(_cell_label(cell["mechanism"], cell["beta"])) + 0.2, cell, "black")
+
+
+def _accuracy_interval(ax: plt.Axes, x: float, cell: pd.Series, colour: Any, alpha: float = 1.0) -> None:
+    """One cell's test accuracy interval (``low``, ``high``: :func:`single_seed_intervals`) at ``x``, in %."""
+    value, low, high = (100 * cell[c] for c in ("test_acc", "low", "high"))
+    ax.errorbar(x, value, yerr=[[max(value - low, 0)], [max(high - value, 0)]], fmt="none", ecolor=colour,
+                elinewidth=1, capsize=3, alpha=alpha)  # fmt: skip
 
 
 def _epsilon_label(cells: pd.DataFrame) -> str:
@@ -484,14 +488,11 @@ def single_seed_intervals(cells: pd.DataFrame) -> pd.DataFrame:
     return one.assign(low=one["test_accuracy_ci_low"], high=one["test_accuracy_ci_high"]).astype({"beta": float})
 
 
-def _interval_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any], scale: float) -> None:
-    """Exact 95 % intervals of the test accuracy of single-seed points, in the mechanism's colour."""
+def _interval_bars(ax: plt.Axes, group: pd.DataFrame, palette: Mapping[str, Any]) -> None:
+    """Exact 95 % intervals of the test accuracy of single-seed points, at their plotted ε (``x``), in the
+    mechanism's colour."""
     for _, cell in single_seed_intervals(group).iterrows():
-        value, low, high = (scale * cell[c] for c in ("test_acc", "low", "high"))
-        colour = palette.get(mechanism_label(cell["mechanism"]), "grey")
-        yerr = [[max(value - low, 0)], [max(high - value, 0)]]
-        ax.errorbar(cell[EPSILON_AXIS], value, yerr=yerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3,
-                    alpha=0.7)  # fmt: skip
+        _accuracy_interval(ax, cell["x"], cell, palette.get(mechanism_label(cell["mechanism"]), "grey"), alpha=0.7)
 
 
 def tick_text(value: float) -> str:
@@ -600,7 +601,7 @@ def _epsilon_plot(
             ax.set_ylim(0, 1.02)  # the whole AUC range: a small effect looks small
             ax.legend()
         if percent:
-            _interval_bars(ax, group, palette, scale)
+            _interval_bars(ax, group, palette)
             ax.set_ylim(0, 102)
             if dataset in baselines and pd.notna(baselines[dataset]):
                 ax.axhline(baselines[dataset], color="0.3", linestyle="--", linewidth=1, label="no privacy (baseline)")
