@@ -525,7 +525,7 @@ def distinct_ticks(values: pd.Series, gap: float = 1.15) -> list[float]:
 EPSILON_AXIS = "epsilon_m_pixels"
 WHOLE_IMAGE_LABEL = (
     "ε for one whole training image\nLocal-DP: the noisy copy's ε for any change to the image (d/β, H·W/(m·β))\n"
-    "DP-SGD: the accountant's ε for adding or removing one image (or patient)"
+    "DP-SGD: ε for adding or removing one image (patient unit: for replacing its patient's record)"
 )
 GUARANTEE_NAMES = {"ldp": "ε of each noisy image (Local-DP)", "dpsgd": "ε of the model (DP-SGD)"}
 
