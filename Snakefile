@@ -11,7 +11,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 
 
-# The landing page of the report: the description, then the main results once summary.csv exists.
+# The landing page of the report: the description, then the main results once a run has written them.
 report: REPORT_LANDING
 
 

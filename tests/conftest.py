@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from dpmedbench import synth
+from dpmedbench.data import synth
 
 REPO = Path(__file__).resolve().parents[1]
 

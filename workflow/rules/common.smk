@@ -11,7 +11,7 @@ STARTED = (
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 # Light modules only (standard library, jsonschema, yaml): this runs whenever Snakemake builds the job graph.
-from dpmedbench.config import (  # noqa: E402
+from dpmedbench.core.config import (  # noqa: E402
     canaries_of,
     canonical,
     check_local_archives,
@@ -21,11 +21,15 @@ from dpmedbench.config import (  # noqa: E402
     ldp_mechanisms,
     validate_config,
 )
-from dpmedbench.console import landing_page, on_error, on_success  # noqa: E402
-from dpmedbench.digest import code_digest, script_digest, script_modules  # noqa: E402
-from dpmedbench.errors import ConfigError  # noqa: E402
-from dpmedbench.fileio import cached_source_digest  # noqa: E402
-from dpmedbench.names import (  # noqa: E402
+from dpmedbench.core.console import on_error, on_success  # noqa: E402
+from dpmedbench.core.digest import (
+    code_digest,
+    script_digest,
+    script_modules,
+)  # noqa: E402
+from dpmedbench.core.errors import ConfigError  # noqa: E402
+from dpmedbench.core.fileio import cached_source_digest  # noqa: E402
+from dpmedbench.core.names import (  # noqa: E402
     CELL_DIR,
     LDP_MECHANISMS,
     MECHANISMS,
@@ -37,8 +41,8 @@ from dpmedbench.names import (  # noqa: E402
     ldp_cell_mechanism,
     ldp_mechanism,
 )
-from dpmedbench.settings import SPEED_ONLY  # noqa: E402
-from dpmedbench.weights import RESNET18_URL  # noqa: E402
+from dpmedbench.core.settings import SPEED_ONLY  # noqa: E402
+from dpmedbench.data.weights import RESNET18_URL  # noqa: E402
 
 try:
     validate_config(config)
@@ -47,11 +51,12 @@ except ConfigError as exc:
     sys.exit(f"dp-medbench: {exc}")
 
 DATASETS = enabled_datasets(config)
-# The report's landing page: workflow/report/workflow.rst, then the main results once a run has written them.
-REPORT_LANDING = landing_page(
-    "workflow/report/workflow.rst",
-    "results/summary.csv",
-    ".snakemake/dpmedbench/report-landing.rst",
+# The report's landing page: the one the report_landing rule wrote (the description and the main results of
+# the run), or the bare description before a run has written it. Parsing the Snakefile writes nothing.
+REPORT_TEMPLATE = "workflow/report/workflow.rst"
+REPORT_LANDING_PAGE = "results/report_landing.rst"
+REPORT_LANDING = os.path.abspath(
+    REPORT_LANDING_PAGE if os.path.exists(REPORT_LANDING_PAGE) else REPORT_TEMPLATE
 )
 FETCH_KEYS = ("source", "archive", "sha256", "url", "medmnist_size", "demo")
 PREPARE_KEYS = {
@@ -83,6 +88,7 @@ TABLES_CODE = script_digest(SCRIPTS / "tables.py")
 FIGURES_CODE = script_digest(SCRIPTS / "figures.py")
 DATA_TABLE_CODE = script_digest(SCRIPTS / "datatable.py")
 CONFIGURATION_CODE = script_digest(SCRIPTS / "configuration.py")
+LANDING_CODE = script_digest(SCRIPTS / "landing.py")
 # Settings that change only speed, memory or where a job runs reach the jobs as resources, not params, so
 # changing them reruns nothing (SPEED_ONLY in dpmedbench/settings.py lists them).
 DEVICE = config["device"]
@@ -269,6 +275,7 @@ def cell_outputs():
         "results/summary.csv",
         "results/tables/data.csv",
         "results/configuration.json",
+        REPORT_LANDING_PAGE,
         *tables_and_figures,
     ]
 

@@ -177,3 +177,19 @@ rule data_table:
         code=DATA_TABLE_CODE,
     script:
         "../scripts/datatable.py"
+
+
+rule report_landing:
+    input:
+        template=REPORT_TEMPLATE,
+        summary="results/summary.csv",
+    output:
+        REPORT_LANDING_PAGE,
+    log:
+        "logs/report_landing.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        code=LANDING_CODE,
+    script:
+        "../scripts/landing.py"

@@ -1,12 +1,12 @@
-"""Snakemake adapter: the run's configuration as a result (dpmedbench.console.write_configuration)."""
+"""Snakemake adapter: the run's configuration as a result (dpmedbench.results.report.write_configuration)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.console import write_configuration
-from dpmedbench.logs import run_logged
+from dpmedbench.core.logs import run_logged
+from dpmedbench.results.report import write_configuration
 
 run_logged(
     snakemake.log[0],  # noqa: F821

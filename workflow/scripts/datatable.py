@@ -1,12 +1,12 @@
-"""Snakemake adapter: the data-provenance table (dpmedbench.report.write_data_table)."""
+"""Snakemake adapter: the data-provenance table (dpmedbench.results.tables.write_data_table)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.report import write_data_table
+from dpmedbench.core.logs import run_logged
+from dpmedbench.results.tables import write_data_table
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -1,12 +1,12 @@
-"""Snakemake adapter: evaluate one cell and audit it (dpmedbench.evaluate.evaluate_cell)."""
+"""Snakemake adapter: evaluate one cell and audit it (dpmedbench.results.evaluate.evaluate_cell)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.evaluate import evaluate_cell
-from dpmedbench.logs import run_logged
+from dpmedbench.core.logs import run_logged
+from dpmedbench.results.evaluate import evaluate_cell
 
 inputs = dict(snakemake.input.items())  # noqa: F821
 references = list(zip(inputs.pop("reference_models", []), inputs.pop("reference_members", []), strict=True))

@@ -1,12 +1,12 @@
-"""Snakemake adapter: fetch a dataset's archive and record its SHA-256 (dpmedbench.sources.fetch)."""
+"""Snakemake adapter: fetch a dataset's archive and record its SHA-256 (dpmedbench.data.sources.fetch)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.sources import fetch
+from dpmedbench.core.logs import run_logged
+from dpmedbench.data.sources import fetch
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -1,12 +1,12 @@
-"""Snakemake adapter: the paper's Figure 2 for one dataset (dpmedbench.figure2.figure2)."""
+"""Snakemake adapter: the paper's Figure 2 for one dataset (dpmedbench.ldp.figure2.figure2)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.figure2 import figure2
-from dpmedbench.logs import run_logged
+from dpmedbench.core.logs import run_logged
+from dpmedbench.ldp.figure2 import figure2
 
 run_logged(
     snakemake.log[0],  # noqa: F821

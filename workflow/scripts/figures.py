@@ -1,12 +1,12 @@
-"""Snakemake adapter: Figures 3 and 4, privacy-utility and audit plots (dpmedbench.report)."""
+"""Snakemake adapter: Figures 3 and 4, privacy-utility and audit plots (dpmedbench.results.figures)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.report import draw_figures
+from dpmedbench.core.logs import run_logged
+from dpmedbench.results.figures import draw_figures
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -1,12 +1,12 @@
-"""Snakemake adapter: one Local-DP noisy copy of train and val (dpmedbench.ldp.materialise_copy)."""
+"""Snakemake adapter: one Local-DP noisy copy of train and val (dpmedbench.ldp.copies.materialise_copy)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.ldp import materialise_copy
-from dpmedbench.logs import run_logged
+from dpmedbench.core.logs import run_logged
+from dpmedbench.ldp.copies import materialise_copy
 
 run_logged(
     snakemake.log[0],  # noqa: F821

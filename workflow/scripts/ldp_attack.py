@@ -1,13 +1,13 @@
 """Snakemake adapter: re-identification and reconstruction attacks on one Local-DP copy
-(dpmedbench.ldpattack.attack_copies)."""
+(dpmedbench.ldp.attacks.attack_copies)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.ldpattack import attack_copies
-from dpmedbench.logs import run_logged
+from dpmedbench.core.logs import run_logged
+from dpmedbench.ldp.attacks import attack_copies
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -1,12 +1,12 @@
-"""Snakemake adapter: split and resize a dataset into data/prepared (dpmedbench.prepare.prepare_dataset)."""
+"""Snakemake adapter: split and resize a dataset into data/prepared (dpmedbench.data.prepare.prepare_dataset)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.prepare import prepare_dataset
+from dpmedbench.core.logs import run_logged
+from dpmedbench.data.prepare import prepare_dataset
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -1,13 +1,13 @@
-"""Snakemake adapter: train one reference model of the calibrated audit (dpmedbench.train.run_reference)."""
+"""Snakemake adapter: train one reference model of the calibrated audit (dpmedbench.training.cell.run_reference)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.settings import execution_settings
-from dpmedbench.train import run_reference
+from dpmedbench.core.logs import run_logged
+from dpmedbench.core.settings import execution_settings
+from dpmedbench.training.cell import run_reference
 
 run_logged(
     snakemake.log[0],  # noqa: F821

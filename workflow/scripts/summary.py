@@ -1,12 +1,12 @@
-"""Snakemake adapter: one row per cell in results/summary.csv (dpmedbench.summary.write_summary)."""
+"""Snakemake adapter: one row per cell in results/summary.csv (dpmedbench.results.summary.write_summary)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.summary import write_summary
+from dpmedbench.core.logs import run_logged
+from dpmedbench.results.summary import write_summary
 
 run_logged(
     snakemake.log[0],  # noqa: F821

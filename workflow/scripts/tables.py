@@ -1,12 +1,12 @@
-"""Snakemake adapter: results tables from results/summary.csv (dpmedbench.report.write_tables)."""
+"""Snakemake adapter: results tables from results/summary.csv (dpmedbench.results.tables.write_tables)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.report import write_tables
+from dpmedbench.core.logs import run_logged
+from dpmedbench.results.tables import write_tables
 
 run_logged(
     snakemake.log[0],  # noqa: F821

@@ -1,13 +1,13 @@
-"""Snakemake adapter: train one cell (dpmedbench.train.train_cell)."""
+"""Snakemake adapter: train one cell (dpmedbench.training.cell.train_cell)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.settings import execution_settings
-from dpmedbench.train import run_cell
+from dpmedbench.core.logs import run_logged
+from dpmedbench.core.settings import execution_settings
+from dpmedbench.training.cell import run_cell
 
 run_logged(
     snakemake.log[0],  # noqa: F821

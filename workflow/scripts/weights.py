@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpmedbench.logs import run_logged
-from dpmedbench.weights import fetch_weights
+from dpmedbench.core.logs import run_logged
+from dpmedbench.data.weights import fetch_weights
 
 run_logged(snakemake.log[0], fetch_weights, url=snakemake.params.url, dest=snakemake.output[0])  # noqa: F821

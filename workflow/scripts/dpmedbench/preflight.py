@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 
 import yaml
 
-from .config import check_local_archives, enabled_datasets, ldp_mechanisms, validate_config
-from .errors import ConfigError
-from .names import CHANNELS
+from .core.config import check_local_archives, enabled_datasets, ldp_mechanisms, validate_config
+from .core.errors import ConfigError
+from .core.names import CHANNELS
 
 #: Images of each dataset by source (the full archives), for the disk plan.
 IMAGES = {
@@ -118,7 +118,7 @@ def data_sources(config: Mapping[str, Any], root: Path) -> list[Row]:
 def _kaggle_row(name: str, need: str) -> Row:
     from kagglehub.config import get_kaggle_credentials
 
-    from .kaggle import KAGGLE
+    from .data.kaggle import KAGGLE
 
     if get_kaggle_credentials() is None:
         return Row(
@@ -146,7 +146,7 @@ def _kaggle_row(name: str, need: str) -> Row:
 @check("weights")
 def weights(config: Mapping[str, Any], root: Path) -> list[Row]:
     """The ImageNet weights: not needed, a local file, already downloaded, or downloadable."""
-    from .weights import RESNET18_URL, WeightsError, check_weights
+    from .data.weights import RESNET18_URL, WeightsError, check_weights
 
     model = config["model"]
     if not model["pretrained"]:
