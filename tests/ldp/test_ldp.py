@@ -2,25 +2,31 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from fractions import Fraction
 
 import numpy as np
 import pytest
 from dpmedbench.core.names import LDP_MECHANISMS, beta_label
+from dpmedbench.core.noisekey import NoiseKeyError, key_id
 from dpmedbench.data.synth import fundus_image
 from dpmedbench.ldp.copies import materialise_copy
+from dpmedbench.ldp.discrete import discrete_laplace
 from dpmedbench.ldp.figure2 import figure2, representative_index
 from dpmedbench.ldp.mechanisms import (
     MECHANISMS,
     LdpParams,
     decode_stored,
     dp_pix_scale,
+    dp_pix_sum_scale,
     noisy_batch,
     random_words,
     storage_of,
 )
-from dpmedbench.ldp.noise import laplace_from_bits
+from dpmedbench.ldp.noise import image_generators, laplace_from_bits
 from dpmedbench.ldp.quality import psnr, quality_indices, ssim
 from scipy import stats
+
+from ..support.cells import TEST_KEY
 
 N = 2_000_000
 
@@ -69,8 +75,9 @@ def clean() -> np.ndarray:
 
 
 def _noise(clean, beta, **kw):
+    """The noise in grey levels (integers) that the per-pixel mechanism adds to ``clean``."""
     args = {"mechanism": "laplace_pixel", "seed": 42, "dataset": "aptos", "split": "train", "start": 0}
-    return noisy_batch(clean, beta=beta, **{**args, **kw}) - clean.astype(np.float32) / 255
+    return noisy_batch(clean, beta=beta, **{**args, **kw}) - clean.astype(np.int32)
 
 
 def test_copies_at_different_betas_and_images_are_uncorrelated(clean):
@@ -89,7 +96,16 @@ def test_an_image_noise_does_not_depend_on_its_batch(clean):
 
 
 def _materialise(
-    tmp_path, clean, *, name="copy", beta=1.0, mechanism="laplace_pixel", clip=False, noise_source="seeded", chunk=7
+    tmp_path,
+    clean,
+    *,
+    name="copy",
+    beta=1.0,
+    mechanism="laplace_pixel",
+    clip=False,
+    noise_source="keyed",
+    chunk=7,
+    key=TEST_KEY,
 ):
     src = tmp_path / "clean"
     src.mkdir(exist_ok=True)
@@ -103,6 +119,7 @@ def _materialise(
         clip=clip,
         seed=42,
         noise_source=noise_source,
+        key=key,
         inputs={"train": src / "train.npy", "val": src / "val.npy"},
         outputs={"train": out / "train.npy", "val": out / "val.npy"},
         privacy_json=out / "privacy.json",
@@ -120,6 +137,27 @@ def test_same_seed_gives_identical_bytes_whatever_the_chunk(tmp_path, clean):
     assert (a / "train.npy").read_bytes() != (c / "train.npy").read_bytes()
 
 
+def test_keyed_noise_is_the_keys_and_a_seeded_copy_claims_no_guarantee(tmp_path, clean):
+    """The default: noise from the secret key. The same key rebuilds identical bytes, another key gives other noise;
+    the record names the key's id, never the key, and no seed. With the published seed instead, the copy is the
+    same mechanism but its epsilon only holds if the seed were secret: no formal guarantee, every epsilon null and
+    kept as ..._if_seed_secret."""
+    a, pa = _materialise(tmp_path, clean, name="a")
+    b, _ = _materialise(tmp_path, clean, name="b")
+    c, pc = _materialise(tmp_path, clean, name="c", key=bytes(reversed(TEST_KEY)))
+    assert (a / "train.npy").read_bytes() == (b / "train.npy").read_bytes() != (c / "train.npy").read_bytes()
+    assert pa["noise_source"] == "keyed" and pa["key_id"] == key_id(TEST_KEY) != pc["key_id"] and pa["seed"] is None
+    assert pa["formal_guarantee"] and pa["epsilon"] == 1.0 and "HMAC-SHA256" in pa["randomness"]
+    assert TEST_KEY.hex() not in (a / "privacy.json").read_text()
+    _, ps = _materialise(tmp_path, clean, name="s", noise_source="seeded")
+    assert ps["formal_guarantee"] is False and ps["epsilon"] is None and "published seed" in ps["epsilon_reason"]
+    assert ps["epsilon_if_seed_secret"] == 1.0 and ps["epsilon_per_image"] is None and ps["epsilon_m_pixels"] is None
+    assert ps["epsilon_per_image_if_seed_secret"] == 32 * 32 * 3 and ps["seed"] == 42
+    with pytest.raises(NoiseKeyError, match="needs the noise key"):
+        _materialise(tmp_path, clean, name="nokey", key=None)
+    assert not (tmp_path / "nokey").exists() or not list((tmp_path / "nokey").iterdir())
+
+
 def test_os_entropy_is_not_reproducible(tmp_path, clean):
     a, pa = _materialise(tmp_path, clean, name="a", noise_source="os")
     b, _ = _materialise(tmp_path, clean, name="b", noise_source="os")
@@ -130,14 +168,26 @@ def test_os_entropy_is_not_reproducible(tmp_path, clean):
 def test_pixel_copy_and_its_privacy_record(tmp_path, clean):
     out, privacy = _materialise(tmp_path, clean, beta=2.0)
     train = np.load(out / "train.npy")
-    assert train.dtype == np.float16 and train.shape == clean.shape
+    assert train.dtype == np.int16 and train.shape == clean.shape
     assert np.load(out / "val.npy").shape == (5, 32, 32, 3)
-    expected = noisy_batch(clean, mechanism="laplace_pixel", beta=2.0, seed=42, dataset="aptos", split="train", start=0)
-    assert np.array_equal(train, expected.astype(np.float16))
+    expected = noisy_batch(clean, mechanism="laplace_pixel", beta=2.0, seed=42, dataset="aptos", split="train", start=0,
+                           noise_source="keyed", key=TEST_KEY)  # fmt: skip
+    assert np.array_equal(train, expected)  # integer grey levels, nothing rounded or clamped
+    # the noise is the exact sampler's, image by image from its own generator, at scale 255 beta
+    gens = image_generators(seed=42, dataset="aptos", mechanism="laplace_pixel", beta=2.0, split="train", start=0,
+                            count=len(clean), noise_source="keyed", key=TEST_KEY)  # fmt: skip
+    sampler = discrete_laplace(Fraction(510))
+    for image, gen, noisy in zip(clean, gens, train, strict=True):
+        assert np.array_equal(noisy, image + sampler.sample(gen, image.size).reshape(image.shape))
     assert json.loads((out / "privacy.json").read_text()) == privacy
     assert privacy["epsilon_per_value"] == 0.5 and privacy["epsilon_per_image"] == 32 * 32 * 3 / 2.0
-    assert privacy["delta"] == 0 and "Laplace mechanism" in privacy["accountant"]
-    assert privacy["storage"] == "float16" and privacy["clipped"] is False
+    assert privacy["delta"] == 0 and "discrete Laplace mechanism" in privacy["accountant"]
+    assert privacy["noise_scale_grey_levels"] == 510 and "exact discrete Laplace" in privacy["sampler"]
+    assert (
+        privacy["storage"] == "int16"
+        and privacy["clipped"] is False
+        and privacy["splits"]["train"]["clamped_int16"] == 0
+    )
     assert privacy["clean_splits"] == ["test"] and privacy["noised_splits"] == ["train", "val"]
     assert privacy["splits"]["train"]["images"] == 40
     assert 0.5 < privacy["splits"]["train"]["saturated_fraction"] < 0.95
@@ -146,8 +196,9 @@ def test_pixel_copy_and_its_privacy_record(tmp_path, clean):
 def test_clipped_copy_is_uint8_post_processing(tmp_path, clean):
     out, privacy = _materialise(tmp_path, clean, clip=True)
     train = np.load(out / "train.npy")
-    noisy = noisy_batch(clean, mechanism="laplace_pixel", beta=1.0, seed=42, dataset="aptos", split="train", start=0)
-    assert train.dtype == np.uint8 and np.array_equal(train, np.rint(np.clip(noisy, 0, 1) * 255).astype(np.uint8))
+    noisy = noisy_batch(clean, mechanism="laplace_pixel", beta=1.0, seed=42, dataset="aptos", split="train", start=0,
+                        noise_source="keyed", key=TEST_KEY)  # fmt: skip
+    assert train.dtype == np.uint8 and np.array_equal(train, np.clip(noisy, 0, 255).astype(np.uint8))
     assert privacy["epsilon_per_value"] == 1.0 and privacy["clipped"] is True
 
 
@@ -186,7 +237,8 @@ def test_memory_stays_bounded_by_the_chunk(tmp_path):
             mechanism="laplace_pixel",
             clip=False,
             seed=0,
-            noise_source="seeded",
+            noise_source="keyed",
+            key=TEST_KEY,
             inputs={"train": tmp_path / "train.npy", "val": tmp_path / "val.npy"},
             outputs={"train": tmp_path / "o" / "train.npy", "val": tmp_path / "o" / "val.npy"},
             privacy_json=tmp_path / "o" / "privacy.json",
@@ -208,7 +260,8 @@ def test_failure_leaves_no_output(tmp_path, clean):
             mechanism="laplace_pixel",
             clip=False,
             seed=0,
-            noise_source="seeded",
+            noise_source="keyed",
+            key=TEST_KEY,
             inputs={"train": tmp_path / "train.npy", "val": tmp_path / "val.npy"},
             outputs={"train": tmp_path / "o" / "train.npy", "val": tmp_path / "o" / "val.npy"},
             privacy_json=tmp_path / "o" / "privacy.json",
@@ -223,8 +276,8 @@ def test_quality_sample():
 
 def test_registry_and_labels():
     assert set(MECHANISMS) == {"laplace_pixel", "laplace_image_shift", "dp_pix"} == set(LDP_MECHANISMS)
-    assert storage_of("laplace_pixel", False) == "float16" and storage_of("laplace_image_shift", False) == "uint8"
-    assert storage_of("dp_pix", False) == "float16" and storage_of("dp_pix", True) == "uint8"
+    assert storage_of("laplace_pixel", False) == "int16" and storage_of("laplace_image_shift", False) == "uint8"
+    assert storage_of("dp_pix", False) == "int16" and storage_of("dp_pix", True) == "uint8"
     assert [beta_label(b) for b in (1, 2.0, 0.5, 4)] == ["1", "2", "0.5", "4"]
 
 
@@ -262,24 +315,30 @@ def test_figure2_shows_every_mechanism_and_a_representative_image(tmp_path, clea
     assert "no ε" in axes[4].get_title()
     arrays = [np.load(c, mmap_mode="r") for c in copies]
     chosen = figure2(index=None, **common)
-    assert chosen == representative_index(clean, arrays)
+    assert chosen == representative_index(arrays)
     assert "most typical" in drawn["fig"]._suptitle.get_text()
     # The shift's copy of the chosen image is not saturated to one flat colour at beta = 1.
     shift = np.clip(decode_stored(np.asarray(arrays[0][chosen])), 0, 1)
     assert 0 < shift.mean() < 1 and shift.std() > 0
     with pytest.raises(ValueError, match="ldp.figure_index 99 is outside the 40 training images"):
         figure2(index=99, **common)
+    # The clean panel is labelled as outside the guarantee; for a release it and the PSNR/SSIM figures go.
+    figure2(index=3, **common)
+    assert "outside the guarantee" in drawn["fig"].axes[0].get_title()
+    figure2(index=3, show_clean=False, **common)
+    axes = drawn["fig"].axes
+    assert len(axes) == 2 * 2 and not any("clean" in a.get_title() or "PSNR" in a.get_title() for a in axes)
+    assert "clean and" not in drawn["fig"]._suptitle.get_text()
 
 
 def test_representative_index_takes_the_median_copy():
-    clean = np.full((7, 4, 4, 1), 128, np.uint8)
     share = [0.9, 0.0, 0.3, 0.1, 0.5, 1.0, 0.2]  # values pushed to 0 or 1: the median copy wipes out 30 %
     mask = np.random.default_rng(1).random((4, 4, 1))
-    copy = np.stack([np.where(mask < s, 1.0, 0.4) for s in share]).astype(np.float32)
-    assert representative_index(clean, [copy]) == 2
+    copy = np.stack([np.where(mask < s, 255, 102) for s in share]).astype(np.int16)
+    assert representative_index([copy]) == 2
     flat = copy.copy()
-    flat[2] = 0.0  # image 2 wiped out in a second copy: no longer typical there
-    assert representative_index(clean, [copy, flat]) != 2
+    flat[2] = 0  # image 2 wiped out in a second copy: no longer typical there
+    assert representative_index([copy, flat]) != 2
 
 
 # ------------------------------------------------------------------------------------------------------ DP-Pix
@@ -289,32 +348,37 @@ def _pix(clean, beta, block=8, m=4, **kw):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_dp_pix_cells_are_constant_and_their_noise_is_laplace_of_the_calibrated_scale(channels):
-    """Every b x b cell is constant per channel; the residual against the clean cell means is Laplace of scale
-    C m beta / b^2: mean near 0, mean absolute deviation = the scale, Laplace-shaped, no inf or NaN."""
+def test_dp_pix_cells_are_constant_and_hold_the_mean_of_an_exactly_noised_cell_sum(channels):
+    """Every b x b cell is constant per channel and equals the rounded mean of its integer sum plus the exact
+    sampler's discrete Laplace noise of scale 255 C m beta, drawn from the image's own generator; in grey levels
+    on the mean that noise has mean absolute value 255 C m beta / b^2."""
     rng = np.random.default_rng(5)
     clean = rng.integers(0, 256, (300, 32, 32, channels), dtype=np.uint8)
     block, m = 8, 4
     for beta in (1.0, 4.0):
         noisy = _pix(clean, beta, block, m)
-        assert np.isfinite(noisy).all()
         cells = noisy.reshape(300, 4, block, 4, block, channels)
         assert np.all(cells == cells[:, :, :1, :, :1, :]), "a cell is not constant"
-        means = clean.astype(np.float64).reshape(300, 4, block, 4, block, channels).mean(axis=(2, 4)) / 255
-        residual = cells[:, :, 0, :, 0, :] - means
-        scale = dp_pix_scale(beta, block, m, channels)
-        assert scale == pytest.approx(channels * m * beta / block**2)
-        n = residual.size  # 4,800 or 14,400 cell means
-        assert abs(residual.mean()) < 5 * scale * np.sqrt(2 / n)
-        assert np.abs(residual).mean() == pytest.approx(scale, rel=0.05)
-        # Kolmogorov-Smirnov against Laplace(0, scale): the shape, not only the scale
-        assert stats.kstest(residual.ravel(), "laplace", args=(0, scale)).pvalue > 1e-3
+        sums = clean.astype(np.int64).reshape(300, 4, block, 4, block, channels).sum(axis=(2, 4))
+        scale = dp_pix_sum_scale(beta, m, channels)
+        assert scale == 255 * channels * m * Fraction(beta)
+        gens = image_generators(seed=42, dataset="aptos", mechanism="dp_pix", beta=beta, split="train", start=0,
+                                count=300, noise_source="seeded")  # fmt: skip
+        sampler = discrete_laplace(scale)
+        for i, gen in enumerate(gens):
+            noised = sums[i] + sampler.sample(gen, sums[i].size).reshape(sums[i].shape)
+            assert np.array_equal(cells[i, :, 0, :, 0, :], (2 * noised + block**2) // (2 * block**2))
+        residual = cells[:, :, 0, :, 0, :] - sums / block**2  # grey levels on the cell mean
+        grey = float(scale) / block**2
+        assert dp_pix_scale(beta, block, m, channels) * 255 == pytest.approx(grey)
+        assert abs(residual.mean()) < 5 * grey * np.sqrt(2 / residual.size)
+        assert np.abs(residual).mean() == pytest.approx(grey, rel=0.05)
 
 
 def test_dp_pix_noise_is_independent_across_cells_images_betas_and_mechanisms():
     rng = np.random.default_rng(6)
     clean = rng.integers(0, 256, (200, 16, 16, 1), dtype=np.uint8)
-    means = clean.astype(np.float64).reshape(200, 2, 8, 2, 8, 1).mean(axis=(2, 4)) / 255
+    means = clean.astype(np.float64).reshape(200, 2, 8, 2, 8, 1).mean(axis=(2, 4))
     r1 = (_pix(clean, 1.0)[:, ::8, ::8] - means).reshape(200, -1)
     r2 = (_pix(clean, 2.0)[:, ::8, ::8] - means).reshape(200, -1)
     limit = 5 / np.sqrt(r1.size)
@@ -322,7 +386,7 @@ def test_dp_pix_noise_is_independent_across_cells_images_betas_and_mechanisms():
     assert abs(np.corrcoef(r1[:, 0], r1[:, 1])[0, 1]) < 5 / np.sqrt(200)  # neighbouring cells
     assert abs(np.corrcoef(r1[:-1].ravel(), r1[1:].ravel())[0, 1]) < limit  # consecutive images
     pixel = noisy_batch(clean, beta=1.0, mechanism="laplace_pixel", seed=42, dataset="aptos", split="train", start=0)
-    first = (pixel[:, ::8, ::8] - clean[:, ::8, ::8] / 255).reshape(200, -1)
+    first = (pixel[:, ::8, ::8] - clean[:, ::8, ::8].astype(np.int32)).reshape(200, -1)
     assert abs(np.corrcoef(r1.ravel(), first.ravel())[0, 1]) < limit  # nor do two mechanisms
     assert np.array_equal(_pix(clean, 1.0), _pix(clean, 1.0))  # reproducible with the seed
     assert not np.array_equal(_pix(clean, 1.0), _pix(clean, 1.0, seed=43))
@@ -343,7 +407,8 @@ def test_dp_pix_privacy_record_and_the_common_neighbourhood(tmp_path):
             mechanism=mechanism,
             clip=False,
             seed=1,
-            noise_source="seeded",
+            noise_source="keyed",
+            key=TEST_KEY,
             inputs={s: tmp_path / f"{s}.npy" for s in ("train", "val")},
             outputs={s: out / f"{s}.npy" for s in ("train", "val")},
             privacy_json=out / "privacy.json",
@@ -368,7 +433,7 @@ def test_dp_pix_refuses_a_block_that_does_not_divide_the_image(tmp_path):
         _pix(clean, 1.0)
     np.save(tmp_path / "t.npy", clean)
     with pytest.raises(ValueError, match="neighbourhood m must be at least 1"):
-        materialise_copy(dataset="aptos", beta=1.0, mechanism="dp_pix", clip=False, seed=1, noise_source="seeded",
+        materialise_copy(dataset="aptos", beta=1.0, mechanism="dp_pix", clip=False, seed=1, noise_source="keyed",
                          inputs={"train": tmp_path / "t.npy"}, outputs={"train": tmp_path / "o.npy"},
                          privacy_json=tmp_path / "p.json", block=10, neighbourhood=0)  # fmt: skip
     assert not (tmp_path / "o.npy").exists() and not (tmp_path / "p.json").exists()

@@ -46,7 +46,7 @@ def test_no_noise_reidentifies_every_image():
 def test_pure_noise_is_at_chance():
     """A 'copy' that is independent noise: the top-1 and top-5 rates are binomial at chance 1/N and 5/N."""
     clean = _images(n=200)
-    noise = np.random.default_rng(5).random(clean.shape).astype(np.float16)
+    noise = np.random.default_rng(5).integers(0, 256, clean.shape).astype(np.int16)
     found = attack_copy(clean, noise, seed=0, queries=0)
     reid = found["reidentification"]
     q = reid["queries"]
@@ -112,7 +112,7 @@ def test_attack_copies_writes_every_split(tmp_path):
         inputs[split], outputs[split] = tmp_path / f"{split}.npy", tmp_path / f"noisy_{split}.npy"
     privacy = tmp_path / "privacy.json"
     materialise_copy(
-        dataset="t", beta=2.0, mechanism="laplace_pixel", clip=False, seed=0, noise_source="seeded",
+        dataset="t", beta=2.0, mechanism="laplace_pixel", clip=False, seed=0, noise_source="keyed", key=bytes(32),
         inputs=inputs, outputs=outputs, privacy_json=privacy,
     )  # fmt: skip
     kwargs = dict(

@@ -91,8 +91,9 @@ def test_latex_tables_compile_and_fit_an_article_page(results, tmp_path):
     the text width of a plain article page; no raw Unicode reaches LaTeX."""
     summary, _, _ = results
     frame = pd.read_csv(summary)
-    for col in ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr", "audit_lira_epsilon_lb", "audit_epsilon_lb",
-                "audit_epsilon_ceiling", "audit_canary_epsilon_lb", "epsilon_patient"):  # fmt: skip
+    for col in ("audit_lira_auc", "audit_lira_tpr_at_1pct_fpr", "audit_lira_epsilon_estimate",
+                "audit_epsilon_estimate", "audit_epsilon_estimate_ceiling", "audit_canary_epsilon_lb",
+                "audit_tpr_at_01pct_fpr", "epsilon_patient"):  # fmt: skip
         frame[col] = 0.5
     frame["privacy_unit"] = np.where(frame["mechanism"] == "dpsgd", "patient", "pixel value")
     frame["accountant"], frame["delta"] = "prv", 1e-4
@@ -201,3 +202,19 @@ def test_the_audit_figures_read_the_membership_epsilon_from_the_summary(results,
     for draw in (figures.audit_plot, auditfigures.audit_epsilon):
         with pytest.raises(ValueError, match="old.csv: no epsilon_membership column"):
             draw(summary_csv=str(tmp_path / "old.csv"), outputs=[], dpi=60)
+
+
+def test_a_seeded_cell_shows_no_epsilon_and_why(results, tmp_path):
+    """A cell whose noise came from the published seed has no epsilon in the tables: the ε column says so, with
+    what would hold were the seed secret, and the caption explains the mark."""
+    summary, _, _ = results
+    frame = pd.read_csv(summary)
+    seeded = frame["mechanism"] == "dpsgd"
+    frame.loc[seeded, "epsilon_if_seed_secret"] = frame.loc[seeded, "epsilon"]
+    frame.loc[seeded, "epsilon"] = None
+    frame["noise_source"] = np.where(seeded, "seeded", "keyed")
+    frame.to_csv(tmp_path / "seeded.csv", index=False)
+    paths = {name: [tmp_path / f"{name}.{e}" for e in ("csv", "md", "tex", "html")] for name in ("main", "paper")}
+    write_tables(summary_csv=tmp_path / "seeded.csv", main=paths["main"], paper=paths["paper"])
+    text = paths["main"][1].read_text()
+    assert "none: seeded (1 if the seed were secret) ‡" in text and "‡ noise drawn from the published seed" in text

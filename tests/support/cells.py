@@ -9,6 +9,9 @@ import numpy as np
 from dpmedbench.core.settings import CellConfig, DPSettings
 from dpmedbench.data.synth import chest_image
 
+#: The secret noise key of the tests' keyed cells and copies (a fixed one: the tests need reproducible draws).
+TEST_KEY = bytes(range(32))
+
 
 def make_split(folder: Path, name: str, n: int, *, side: int = 32, classes: int = 2, dtype=np.uint8, seed: int = 0):
     rng = np.random.default_rng(seed)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dpmedbench.core.noisekey import key_id
 from dpmedbench.data.weights import WeightsError, check_weights
 from dpmedbench.training.cell import CellConfig, TrainingError, train_cell
 from dpmedbench.training.models import build_resnet18
 
 from ..conftest import REPO
-from ..support.cells import make_split, tiny
+from ..support.cells import TEST_KEY, make_split, tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -59,6 +60,7 @@ def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism
         out_dir=tmp_path / "cell",
         val_clean=data["val"] if mechanism == "ldp-laplace_pixel" else None,
         ldp_privacy=privacy if mechanism == "ldp-laplace_pixel" else None,
+        key=TEST_KEY,
     )
     files = sorted(p.name for p in (tmp_path / "cell").iterdir())
     assert files == ["best.pt", "history.csv", "last.pt", "metrics.json"]
@@ -78,17 +80,25 @@ def test_every_mechanism_trains_and_writes_its_outputs(data, tmp_path, mechanism
         assert p["epsilon_rdp"] >= p["epsilon_prv"]
         assert p["steps"] == 2 * 3 and p["sample_rate"] == 8 / 24
         assert history[-1]["epsilon_rdp"] and float(history[0]["epsilon_rdp"]) < float(history[1]["epsilon_rdp"])
-        # Changing pixels of one image replaces it: a group of two under the add/remove accountant.
-        assert p["epsilon_m_pixels"] > 2 * p["epsilon_rdp"] and "group of 2" in p["epsilon_m_pixels_derivation"]
+        # Changing pixels of one image replaces it: the replace-one epsilon, between the add/remove one and the
+        # RDP group-of-2 bound.
+        assert p["epsilon_m_pixels"] == p["epsilon_replace"] and "replace-one" in p["epsilon_replace_derivation"]
+        assert p["epsilon"] < p["epsilon_replace"] < p["epsilon_replace_group_rdp"]
     elif mechanism == "ldp-laplace_pixel":
         assert metrics["privacy"]["epsilon_per_image"] == 784 and metrics["val_clean_acc"] is not None
+        # what the cell computes from clean private images is listed outside the copy's guarantee
+        assert {"val_clean", "clean_members"} <= set(metrics["privacy"]["outside_guarantee"])
     else:
         assert metrics["privacy"]["epsilon"] is None
 
 
 def test_same_seed_same_results(data, tmp_path):
-    a = train_cell(tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "a")
-    b = train_cell(tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "b")
+    a = train_cell(
+        tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "a", key=TEST_KEY
+    )
+    b = train_cell(
+        tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "b", key=TEST_KEY
+    )
     history = [read_history(tmp_path / d / "history.csv") for d in ("a", "b")]
     for rows in history:
         for row in rows:
@@ -107,7 +117,7 @@ cfg = CellConfig(**json.loads({config!r}))
 cfg = CellConfig(**{{**cfg.__dict__, "dpsgd": DPSettings(**cfg.dpsgd)}})
 data = json.loads({data!r})
 exit_on_interrupt(train_cell, config=cfg, train=data["train"], val=data["val"], test=data["test"],
-                  out_dir={out!r}, fingerprint="fp")
+                  out_dir={out!r}, fingerprint="fp", key=bytes(range(32)))
 """
 
 
@@ -165,6 +175,7 @@ def test_resume_state_with_other_settings_is_ignored(data, tmp_path):
         test=data["test"],
         out_dir=tmp_path,
         fingerprint="old",
+        key=TEST_KEY,
     )
     torch.save({"fingerprint": "old", "epoch": 1}, tmp_path / "resume.pt")
     (tmp_path / "resume_best.pt").write_bytes(b"")
@@ -175,6 +186,7 @@ def test_resume_state_with_other_settings_is_ignored(data, tmp_path):
         test=data["test"],
         out_dir=tmp_path,
         fingerprint="new",
+        key=TEST_KEY,
     )
     assert len(read_history(tmp_path / "history.csv")) == 2 and metrics["best_epoch"] in (1, 2)
 
@@ -182,14 +194,19 @@ def test_resume_state_with_other_settings_is_ignored(data, tmp_path):
 def test_one_class_and_nan_inputs_are_refused(tmp_path, data):
     one = make_split(tmp_path / "one", "train", 10, classes=1)
     with pytest.raises(TrainingError, match=r"train.npy: the training split holds only class \[0\]"):
-        train_cell(tiny("none"), train=one, val=data["val"], test=data["test"], out_dir=tmp_path / "o")
+        train_cell(tiny("none"), train=one, val=data["val"], test=data["test"], out_dir=tmp_path / "o", key=TEST_KEY)
     nan_train = make_split(tmp_path / "nan", "train", 12, dtype=np.float16)
     arr = np.load(nan_train[0])
     arr[5, 3, 3, 0] = np.nan
     np.save(nan_train[0], arr)
     with pytest.raises(TrainingError, match=r"train.npy: image 5 holds NaN or infinite values"):
         train_cell(
-            tiny("ldp-laplace_pixel"), train=nan_train, val=data["val"], test=data["test"], out_dir=tmp_path / "n"
+            tiny("ldp-laplace_pixel"),
+            train=nan_train,
+            val=data["val"],
+            test=data["test"],
+            out_dir=tmp_path / "n",
+            key=TEST_KEY,
         )
     assert not (tmp_path / "n" / "metrics.json").exists()
 
@@ -236,7 +253,13 @@ def test_a_crafted_resume_file_runs_nothing_and_training_starts_afresh(data, tmp
     assert not marker.exists()
     with caplog.at_level("WARNING"):
         metrics = train_cell(
-            tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=out, fingerprint="fp"
+            tiny("none"),
+            train=data["train"],
+            val=data["val"],
+            test=data["test"],
+            out_dir=out,
+            fingerprint="fp",
+            key=TEST_KEY,
         )
     assert not marker.exists(), "unpickling the resume file ran its payload"
     assert "cannot be read safely" in caplog.text and metrics["best_epoch"] >= 1
@@ -267,7 +290,9 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def _dp_cell(data: dict, out: Path, **kw) -> dict:
     dp = {"noise_multiplier": 1.0, **kw.pop("dp", {})}
-    return train_cell(tiny("dpsgd", dp=dp, **kw), train=data["train"], val=data["val"], test=data["test"], out_dir=out)
+    return train_cell(
+        tiny("dpsgd", dp=dp, **kw), train=data["train"], val=data["val"], test=data["test"], out_dir=out, key=TEST_KEY
+    )
 
 
 def test_cells_that_differ_only_in_beta_share_no_randomness(data, tmp_path):
@@ -281,7 +306,9 @@ def test_cells_that_differ_only_in_beta_share_no_randomness(data, tmp_path):
     draws, masks = [], []
     for beta in (1.0, 2.0):
         config = tiny("dpsgd", beta=beta, dp={"noise_multiplier": 1.0})
-        plan = plan_for("dpsgd")(config, data=TrainingData(n=24), streams=Streams("chest_xray", "dpsgd", beta, 0))
+        plan = plan_for("dpsgd")(
+            config, data=TrainingData(n=24), streams=Streams("chest_xray", "dpsgd", beta, 0, key=TEST_KEY)
+        )
         plan.attach(build_resnet18(num_classes=2, weights=None, norm="group"))
         masks.append(torch.cat(plan.start_epoch(1)))
         draws.append(torch.randn(20_000, generator=plan.noise))
@@ -295,8 +322,10 @@ def test_secret_noise_differs_between_runs_and_is_recorded_nowhere(data, tmp_pat
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
     assert a["privacy"]["randomness"].startswith("os:") and "secrets" in a["privacy"]["randomness"]
-    seeded = _dp_cell(data, tmp_path / "s")
-    assert "the guarantee assumes the seed is secret" in seeded["privacy"]["randomness"]
+    keyed = _dp_cell(data, tmp_path / "k")
+    assert keyed["privacy"]["randomness"].startswith("keyed:") and keyed["privacy"]["key_id"] == key_id(TEST_KEY)
+    assert keyed["privacy"]["formal_guarantee"] and keyed["privacy"]["noise_source"] == "keyed"
+    assert TEST_KEY.hex() not in (tmp_path / "k" / "metrics.json").read_text()
 
 
 def test_train_metrics_of_dp_sgd_are_marked_or_not_published(data, tmp_path):
@@ -308,7 +337,9 @@ def test_train_metrics_of_dp_sgd_are_marked_or_not_published(data, tmp_path):
     assert hidden["train_acc"] is None and set(hidden["privacy"]["outside_guarantee"]) == {"audit", "counts"}
     rows = read_history(tmp_path / "none" / "history.csv")
     assert all(r["train_acc"] == r["train_loss"] == r["train_outside_guarantee"] == "" for r in rows)
-    baseline = train_cell(tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "n")
+    baseline = train_cell(
+        tiny("none"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "n", key=TEST_KEY
+    )
     assert baseline["train_acc"] is not None and "outside_guarantee" not in baseline["privacy"]
 
 
@@ -337,6 +368,7 @@ def test_image_unit_records_what_a_patient_gets_by_group_privacy(tmp_path):
         test=data["test"],
         out_dir=tmp_path / "cell",
         data_info=data["info"],
+        key=TEST_KEY,
     )
     p = m["privacy"]
     assert p["unit"] == "image" and p["images_per_patient"]["largest"] == 4 and p["images_per_patient"]["groups"] == 9
@@ -357,6 +389,7 @@ def test_patient_unit_is_refused_without_patient_ids_or_with_bk(data, tmp_path):
             test=patients["test"],
             out_dir=tmp_path / "b",
             data_info=patients["info"],
+            key=TEST_KEY,
         )
 
 
@@ -384,7 +417,7 @@ def test_patient_unit_clips_each_patients_summed_gradient(tmp_path, mode):
         },
     )
     data = TrainingData(n=len(groups), groups=groups, groups_are_patients=True)
-    plan = plan_for("dpsgd")(config, data=data, streams=Streams("chest_xray", "dpsgd", 1.0, 0))
+    plan = plan_for("dpsgd")(config, data=data, streams=Streams("chest_xray", "dpsgd", 1.0, 0, key=TEST_KEY))
     torch.manual_seed(0)
     base = build_resnet18(num_classes=2, weights=None, norm="group").double()
     model = copy.deepcopy(base)
@@ -426,6 +459,7 @@ def test_patient_unit_epsilon_matches_an_independent_accountant(tmp_path):
         test=data["test"],
         out_dir=tmp_path / "cell",
         data_info=data["info"],
+        key=TEST_KEY,
     )
     p = m["privacy"]
     assert p["unit"] == "patient" and p["sampled_units"] == "patients" and p["epsilon_patient"] == p["epsilon"]
@@ -458,3 +492,59 @@ def test_secret_noise_survives_a_kill_and_resume(data, tmp_path):
     assert not resume.exists()  # the only place the generator state ever was
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["privacy"]["steps"] == 4 * 3 and metrics["privacy"]["randomness"].startswith("os:")
+
+
+def _replace_one_epsilon_by_fft(q: float, sigma: float, steps: int, delta: float, step: float = 5e-4) -> float:
+    """An independent replace-one accountant: the privacy loss of one Poisson-subsampled Gaussian step under
+    replacement, P = (1-q) N(0, s^2) + q N(1, s^2) against Q = (1-q) N(0, s^2) + q N(-1, s^2), discretised on a
+    fine grid, composed ``steps`` times by FFT, and delta(eps) = E_P[(1 - e^(eps - L))+] solved for eps."""
+    from scipy import optimize
+    from scipy import stats as st
+
+    x = np.linspace(-14 * sigma, 14 * sigma, 400_001)
+    p = (1 - q) * st.norm.pdf(x, 0, sigma) + q * st.norm.pdf(x, 1, sigma)
+    loss = np.log(p) - np.log((1 - q) * st.norm.pdf(x, 0, sigma) + q * st.norm.pdf(x, -1, sigma))
+    index = np.rint(loss / step).astype(np.int64)
+    pmf = np.bincount(index - index.min(), weights=p / p.sum())
+    size = 1 << int(np.ceil(np.log2(len(pmf) * steps)))
+    total = np.clip(np.fft.irfft(np.fft.rfft(pmf, size) ** steps, size)[: (len(pmf) - 1) * steps + 1], 0, None)
+    values = (np.arange(len(total)) + index.min() * steps) * step
+
+    def excess(eps: float) -> float:
+        above = values > eps
+        return float(np.sum(total[above] * (1 - np.exp(eps - values[above]))) - delta)
+
+    return optimize.brentq(excess, 0, 50)
+
+
+@pytest.mark.parametrize(("q", "sigma", "steps"), [(0.05, 1.5, 100), (128 / 4700, 3.867, 1850)])
+def test_the_replace_one_epsilon_matches_an_independent_composition(q, sigma, steps):
+    """The records' epsilon_replace (dp_accounting's PLD, replace-one) against a composition written here from
+    the dominating pair, within 5 %; the second case is the Kermany grid at beta = 1 (2.11, where the RDP
+    group-of-2 bound says about 3)."""
+    from dpmedbench.training.dpsgd.accounting import group_epsilon, replace_epsilon
+
+    history = [(sigma, q, steps)]
+    ours = replace_epsilon(history, delta=1e-4)
+    assert ours == pytest.approx(_replace_one_epsilon_by_fft(q, sigma, steps, 1e-4), rel=0.05)
+    assert ours < group_epsilon(history, delta=1e-4, group_size=2)
+
+
+def test_a_seeded_dp_sgd_cell_claims_no_guarantee(data, tmp_path):
+    """noise_source 'seeded' (noise and Poisson masks from the published seed): the same training, but no epsilon
+    holds; the accountant's figures are kept as *_if_seed_secret, and a keyed cell without the key cannot start."""
+    seeded = _dp_cell(data, tmp_path / "s", dp={"noise_source": "seeded"})["privacy"]
+    assert (
+        seeded["formal_guarantee"] is False
+        and seeded["epsilon"] is None
+        and "published seed" in seeded["epsilon_reason"]
+    )
+    assert seeded["epsilon_if_seed_secret"] > 0 and seeded["epsilon_replace"] is None
+    assert seeded["epsilon_replace_if_seed_secret"] > seeded["epsilon_if_seed_secret"]
+    assert seeded["key_id"] is None and seeded["randomness"].startswith("seeded:")
+    assert all(not r["epsilon_rdp"] for r in read_history(tmp_path / "s" / "history.csv"))  # nor per epoch
+    from dpmedbench.core.noisekey import NoiseKeyError
+
+    with pytest.raises(NoiseKeyError, match="needs the noise key"):
+        train_cell(tiny("dpsgd"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "n")
+    assert not (tmp_path / "n" / "metrics.json").exists()

@@ -83,3 +83,23 @@ def test_a_bad_configuration_is_reported_not_raised(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"betas": "many"}))
     assert preflight.main(["--configfile", str(bad), "--root", str(tmp_path)]) == 1
     assert "✗ configuration" in capsys.readouterr().out
+
+
+def test_the_noise_key_is_checked(tmp_path):
+    """Missing: the first run creates it; there and private: its id; readable by others: a failure with the fix."""
+    from dpmedbench.core.noisekey import create_key, key_id, load_key
+
+    assert (
+        _rows({}, tmp_path)["noise key"].status == "info"
+        and "first run creates it" in _rows({}, tmp_path)["noise key"].detail
+    )
+    key = tmp_path / "data" / "secret" / "noise.key"
+    create_key(key)
+    assert (
+        _rows({}, tmp_path)["noise key"].status == "ok"
+        and key_id(load_key(key)) in _rows({}, tmp_path)["noise key"].detail
+    )
+    key.chmod(0o644)
+    row = _rows({}, tmp_path)["noise key"]
+    assert row.status == "fail" and "chmod 600" in row.detail
+    assert _rows({"mechanisms": ["none"]}, tmp_path)["noise key"].status == "info"

@@ -17,7 +17,7 @@ import yaml
 from dpmedbench.core.fileio import source_digest
 from dpmedbench.data import synth
 
-from ..conftest import clone, extract, rewrite_zip
+from ..conftest import REPO, clone, extract, rewrite_zip
 from ..support import chromium
 from ..support.latex import assert_fits_the_page, compile_tables
 
@@ -74,10 +74,10 @@ def test_demo_runs_every_stage_and_then_has_nothing_to_do(demo):
     assert any("duplicate tree" in n for n in chest["notes"])
     assert any("test_images" in n for n in aptos["notes"])
     assert chest["source"]["source"] == "demo" and (demo / "logs" / "prepare" / "chest_xray.log").exists()
-    check_ldp(demo, "chest_xray", "laplace_pixel", np.float16, (48, 48, 1))
+    check_ldp(demo, "chest_xray", "laplace_pixel", np.int16, (48, 48, 1))
     check_ldp(demo, "aptos", "laplace_image_shift", np.uint8, (48, 48, 3))
-    check_ldp(demo, "chest_xray", "dp_pix", np.float16, (48, 48, 1))
-    check_ldp(demo, "aptos", "dp_pix", np.float16, (48, 48, 3))
+    check_ldp(demo, "chest_xray", "dp_pix", np.int16, (48, 48, 1))
+    check_ldp(demo, "aptos", "dp_pix", np.int16, (48, 48, 3))
     for dataset in ("chest_xray", "aptos"):
         for ext in ("png", "pdf"):
             assert (demo / "results" / "figures" / f"figure2_{dataset}.{ext}").stat().st_size > 1000
@@ -486,12 +486,72 @@ def test_medmnist_npz_as_a_local_file(workdir, tmp_path):
     assert info["split"] == {"official": True} and not (workdir / "data" / "prepared" / "aptos").exists()
 
 
+COPY = "data/ldp/chest_xray/laplace_pixel/beta1"
+
+
+def _one_copy_config() -> dict:
+    """The demo's chest X-rays and one per-pixel copy only (no training): what the key tests need."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config.update(betas=[1], mechanisms=["ldp"])
+    config["datasets"]["aptos"]["enabled"] = False
+    config["datasets"]["chest_xray"]["ldp"]["mechanism"] = "laplace_pixel"
+    return config
+
+
+def test_the_noise_key_makes_each_checkout_s_noise_its_own(tmp_path):
+    """With the default keyed noise, two fresh checkouts of the same configuration draw different noise; in one
+    checkout a deleted copy is rebuilt byte for byte. The key is created once by the Snakemake process, with mode
+    0600 in a 0700 folder, and no file the run writes holds it; a new key reruns the copy."""
+    copies, keys = [], []
+    for name in ("one", "two"):
+        workdir = clone(tmp_path / name)
+        snakemake(workdir, f"{COPY}/train.npy", config=_one_copy_config())
+        key_file = workdir / "data" / "secret" / "noise.key"
+        assert (
+            oct(key_file.stat().st_mode & 0o777) == "0o600" and oct(key_file.parent.stat().st_mode & 0o777) == "0o700"
+        )
+        keys.append(key_file.read_bytes())
+        copies.append((workdir / COPY / "train.npy").read_bytes())
+        record = json.loads((workdir / COPY / "privacy.json").read_text())
+        assert record["noise_source"] == "keyed" and record["formal_guarantee"] and record["seed"] is None
+        for path in workdir.rglob("*"):
+            if path.is_file() and path != key_file:
+                assert keys[-1] not in path.read_bytes(), path
+    assert keys[0] != keys[1] and copies[0] != copies[1]
+    (workdir / COPY / "train.npy").unlink()
+    snakemake(workdir, f"{COPY}/train.npy", config=_one_copy_config())
+    assert (workdir / COPY / "train.npy").read_bytes() == copies[1]
+    key_file.unlink()  # a dry run makes no key, and plans the copy again: a new key will be new noise
+    assert "ldp_copy" in snakemake(workdir, "-n", f"{COPY}/train.npy", config=_one_copy_config()).stdout
+    assert not key_file.exists()
+    snakemake(workdir, f"{COPY}/train.npy", config=_one_copy_config())
+    assert key_file.read_bytes() != keys[1] and (workdir / COPY / "train.npy").read_bytes() != copies[1]
+
+
+def test_a_job_without_the_key_fails_with_its_name_and_writes_nothing(tmp_path):
+    """A copy job that finds no key (a node that does not share the key's file system) stops with a named error,
+    in its log and on stderr, and leaves no output; it never makes a key of its own."""
+    from dpmedbench.core.logs import run_logged
+    from dpmedbench.core.noisekey import with_key
+    from dpmedbench.ldp.copies import materialise_copy
+
+    np.save(tmp_path / "train.npy", np.zeros((2, 16, 16, 1), np.uint8))
+    log, missing = tmp_path / "job.log", tmp_path / "node" / "noise.key"
+    with pytest.raises(SystemExit) as stop:
+        run_logged(str(log), with_key(materialise_copy, missing, "0123456789abcdef"), dataset="chest_xray",
+                   beta=1.0, mechanism="laplace_pixel", clip=False, seed=42, noise_source="keyed",
+                   inputs={"train": tmp_path / "train.npy"}, outputs={"train": tmp_path / "out" / "train.npy"},
+                   privacy_json=tmp_path / "out" / "privacy.json")  # fmt: skip
+    assert stop.value.code == 1 and "the noise key is missing" in log.read_text()
+    assert not (tmp_path / "out").exists() and not missing.exists()
+
+
 def test_parsing_the_workflow_writes_no_landing_page(workdir):
     """The report's landing page is the report_landing rule's output: a dry run, which parses the Snakefile as
     every job does, writes none (and the rule is in the plan, after the summary)."""
     proc = snakemake(workdir, "-n", "--configfile", "config/demo.yaml")
     assert "report_landing" in proc.stdout
-    assert not list(workdir.rglob("*landing*.rst"))
+    assert not list(workdir.rglob("*landing*.rst")) and not (workdir / "data" / "secret").exists()  # nor a key
 
 
 def test_bad_config_stops_before_any_job(workdir):
@@ -712,12 +772,38 @@ def test_every_cell_and_the_report_say_which_data_they_came_from(demo):
     assert "synthetic demo images" in table and "Kermany 2018 paediatric" not in table
 
 
-def test_audits_speak_in_epsilon_for_every_cell_and_copy(demo):
-    """Every cell carries its audit's epsilon lower bound with the ceiling; the demo's APTOS DP-SGD cells ran the
-    one-run canary audit; every Local-DP copy was attacked, and its LDP cells carry the figures."""
+def test_every_json_the_demo_writes_is_strict_json(demo):
+    """No NaN or Infinity literal anywhere (an undefined figure is null; an unbounded epsilon is null with its
+    reason), by a parser that refuses them."""
+    found = [p for folder in ("data", "results") for p in (demo / folder).rglob("*.json")]
+    assert len(found) > 60
+    for path in found:
+        json.loads(path.read_text(), parse_constant=lambda c, path=path: pytest.fail(f"{path}: {c}"))
+
+
+def test_every_local_dp_cell_lists_its_clean_data_outputs(demo):
+    """What a Local-DP cell publishes from clean private images is marked outside its guarantee, in its record,
+    its evaluation and the summary."""
     summary = pd.read_csv(demo / "results" / "summary.csv")
-    assert summary["audit_epsilon_lb"].notna().all() and (summary["audit_epsilon_lb"] >= 0).all()
-    assert (summary["audit_epsilon_lb"] <= summary["audit_epsilon_ceiling"] + 1e-9).all()
+    ldp = summary[summary["mechanism"].str.startswith("ldp-")]
+    assert len(ldp) and ldp["outside_guarantee"].str.contains("val_clean").all()
+    assert ldp["outside_guarantee"].str.contains("clean_members").all()
+    for cell in (demo / "results" / "cells").glob("*/ldp-*/*/*"):
+        record = json.loads((cell / "metrics.json").read_text())["privacy"]
+        assert {"val_clean", "clean_members", "copy_quality", "ldp_attack", "figure2_clean"} <= set(
+            record["outside_guarantee"]
+        )
+        assert "val_clean" in json.loads((cell / "evaluation.json").read_text())["outside_guarantee"]
+
+
+def test_audits_speak_in_epsilon_for_every_cell_and_copy(demo):
+    """Every cell carries its membership audit's epsilon estimate with the ceiling (an estimate: no column calls
+    it a bound); the demo's APTOS DP-SGD cells ran the one-run canary audit, the one lower bound; every Local-DP
+    copy was attacked, and its LDP cells carry the figures."""
+    summary = pd.read_csv(demo / "results" / "summary.csv")
+    assert summary["audit_epsilon_estimate"].notna().all() and (summary["audit_epsilon_estimate"] >= 0).all()
+    assert (summary["audit_epsilon_estimate"] <= summary["audit_epsilon_estimate_ceiling"] + 1e-9).all()
+    assert [c for c in summary.columns if c.endswith("_lb")] == ["audit_canary_epsilon_lb"]
     canaries = summary[(summary["dataset"] == "aptos") & (summary["mechanism"] == "dpsgd")]
     assert (canaries["audit_canaries"] == 20).all() and (canaries["audit_canary_guesses"] == 2).all()
     assert summary.loc[summary["dataset"] == "chest_xray", "audit_canaries"].isna().all()

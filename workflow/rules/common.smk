@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from dpmedbench.core.config import (  # noqa: E402
     canaries_of,
     canonical,
+    uses_noise_key,
     check_local_archives,
     dpsgd_settings,
     enabled_datasets,
@@ -29,6 +30,12 @@ from dpmedbench.core.digest import (
 )  # noqa: E402
 from dpmedbench.core.errors import ConfigError  # noqa: E402
 from dpmedbench.core.fileio import cached_source_digest  # noqa: E402
+from dpmedbench.core.noisekey import (
+    NoiseKeyError,
+    create_key,
+    key_id,
+    load_key,
+)  # noqa: E402
 from dpmedbench.core.names import (  # noqa: E402
     CELL_DIR,
     LDP_MECHANISMS,
@@ -51,6 +58,27 @@ except ConfigError as exc:
     sys.exit(f"dp-medbench: {exc}")
 
 DATASETS = enabled_datasets(config)
+# The secret noise key of keyed noise (noise_source 'keyed'): created here, by the Snakemake process itself (never
+# by a job, nor by a dry run), the first time the grid needs it; its id is a param of every job that draws keyed
+# noise, so a new key reruns exactly those.
+NOISE_KEY = os.path.expanduser(config["noise_key"])
+if (
+    uses_noise_key(config)
+    and workflow.is_main_process
+    and not workflow.output_settings.dryrun
+    and create_key(NOISE_KEY)
+):
+    print(
+        f"dp-medbench: created the secret noise key {NOISE_KEY} (mode 0600): keep it out of what you publish and "
+        "back it up; without it the keyed copies and cells cannot be rebuilt byte for byte",
+        file=sys.stderr,
+    )
+try:  # jobs that find no key fail with a named error (never a new key)
+    NOISE_KEY_ID = (
+        key_id(load_key(NOISE_KEY)) if os.path.exists(NOISE_KEY) else "no key yet"
+    )
+except NoiseKeyError as exc:
+    sys.exit(f"dp-medbench: {exc}")
 # The report's landing page: the one the report_landing rule wrote (the description and the main results of
 # the run), or the bare description before a run has written it. Parsing the Snakefile writes nothing.
 REPORT_TEMPLATE = "workflow/report/workflow.rst"
@@ -243,6 +271,19 @@ def ldp_attack_outputs():
 
 def cell_dir(dataset, mechanism, beta, seed):
     return CELL_DIR.format(dataset=dataset, mechanism=mechanism, beta=beta, seed=seed)
+
+
+def copy_key(wildcards):
+    """The noise key's id for a keyed Local-DP copy (a param: a new key rebuilds the copy), else empty."""
+    return NOISE_KEY_ID if config["ldp"]["noise_source"] == "keyed" else ""
+
+
+def cell_key(wildcards):
+    """The noise key's id for a DP-SGD cell with keyed noise (its noise, Poisson masks, canaries), else empty."""
+    if family(wildcards.mechanism) != "dpsgd":
+        return ""
+    keyed = dpsgd_settings(config, wildcards.dataset)["noise_source"] == "keyed"
+    return NOISE_KEY_ID if keyed else ""
 
 
 def train_code(wildcards):

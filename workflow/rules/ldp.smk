@@ -16,11 +16,13 @@ rule ldp_copy:
         "../../envs/data.yaml"
     resources:
         chunk_images=LDP_CHUNK_IMAGES,
+        noise_key=NOISE_KEY,  # where the secret is read (its id is the param)
     params:
         beta=checked_beta,
         settings=ldp_settings,
         seed=config["seed"],
         noise_source=config["ldp"]["noise_source"],
+        key=copy_key,
         quality_images=config["ldp"]["quality_images"],
         code=LDP_CODE,
     script:
@@ -72,6 +74,7 @@ rule figure2:
         "../../envs/report.yaml"
     params:
         index=config["ldp"]["figure_index"],
+        show_clean=config["ldp"]["figure_clean"],
         code=FIGURE_CODE,
     script:
         "../scripts/figure2.py"

@@ -46,8 +46,10 @@ rule train:
         device=DEVICE,
         eval_batch=EVAL_BATCH,
         dp_max_physical_batch=DP_PHYSICAL_BATCH,
+        noise_key=NOISE_KEY,  # where the secret is read (its id is the param)
     params:
         cell=train_settings,
+        key=cell_key,
         code=train_code,
     script:
         "../scripts/train.py"
@@ -74,9 +76,11 @@ rule reference:
         device=DEVICE,
         eval_batch=EVAL_BATCH,
         dp_max_physical_batch=DP_PHYSICAL_BATCH,
+        noise_key=NOISE_KEY,  # where the secret is read (its id is the param)
     params:
         cell=reference_settings,
         index=lambda wildcards: int(wildcards.ref),
+        key=cell_key,
         code=reference_code,
     script:
         "../scripts/reference.py"

@@ -17,5 +17,6 @@ run_logged(
     copies=list(snakemake.input.copies),  # noqa: F821
     privacy_jsons=list(snakemake.input.privacy),  # noqa: F821
     index=snakemake.params.index,  # noqa: F821
+    show_clean=snakemake.params.show_clean,  # noqa: F821
     outputs=[snakemake.output.png, snakemake.output.pdf],  # noqa: F821
 )

@@ -6,11 +6,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dpmedbench.core.logs import run_logged
+from dpmedbench.core.noisekey import with_key
 from dpmedbench.ldp.copies import materialise_copy
 
 run_logged(
     snakemake.log[0],  # noqa: F821
-    materialise_copy,
+    # the secret noise key where the job draws keyed noise (its id is the param; the key is read when it runs)
+    with_key(materialise_copy, snakemake.resources.noise_key, snakemake.params.key),  # noqa: F821
     dataset=snakemake.wildcards.dataset,  # noqa: F821
     beta=snakemake.params.beta,  # noqa: F821
     mechanism=snakemake.params.settings["mechanism"],  # noqa: F821

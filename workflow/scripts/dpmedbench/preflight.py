@@ -21,9 +21,10 @@ from urllib.parse import urlparse
 
 import yaml
 
-from .core.config import check_local_archives, enabled_datasets, ldp_mechanisms, validate_config
+from .core.config import check_local_archives, enabled_datasets, ldp_mechanisms, uses_noise_key, validate_config
 from .core.errors import ConfigError
 from .core.names import CHANNELS
+from .core.noisekey import NoiseKeyError, key_id, load_key
 
 #: Images of each dataset by source (the full archives), for the disk plan.
 IMAGES = {
@@ -270,6 +271,21 @@ def conda(config: Mapping[str, Any], root: Path) -> list[Row]:
             "--cores N, whose environment has every package",
         )
     ]
+
+
+@check("noise key")
+def noise_key(config: Mapping[str, Any], root: Path) -> list[Row]:
+    """The secret key of keyed noise: there and private, or to be created by the first run."""
+    if not uses_noise_key(config):
+        return [Row("noise key", "info", "no copy or DP-SGD cell of this grid draws keyed noise")]
+    path = root / Path(config["noise_key"]).expanduser()
+    if not path.exists():
+        return [Row("noise key", "info", f"{path} does not exist yet: the first run creates it (mode 0600); back it "
+                    "up then, and keep it out of anything you publish")]  # fmt: skip
+    try:
+        return [Row("noise key", "ok", f"{path} (id {key_id(load_key(path))}); keep a backup")]
+    except NoiseKeyError as exc:
+        return [Row("noise key", "fail", str(exc), "see the message")]
 
 
 def run_checks(config: Mapping[str, Any], root: Path, names: Sequence[str] | None = None) -> list[Row]:

@@ -16,7 +16,7 @@ the parameter tensors is printed.
 per second, and projects the wall time of the paper's grid (per dataset: one non-private and three Local-DP
 cells, which train alike, and three DP-SGD cells; 50 epochs each).
 
-``ldp`` times materialising a Local-DP copy (laplace_pixel, beta 1; streamed to one float16 .npy, with the
+``ldp`` times materialising a Local-DP copy (laplace_pixel, beta 1; streamed to one int16 .npy, with the
 saturation figures and PSNR/SSIM on the default sample of 64 images) against the naive path: ``rng.laplace`` per image,
 clip, and one 8-bit PNG per image (as the authors wrote one JPEG per image).
 
@@ -143,7 +143,7 @@ def _run_cell(args: argparse.Namespace) -> None:
 def _run_ldp(args: argparse.Namespace) -> None:
     print(
         "Local-DP copy, laplace_pixel beta 1, one process, images/s. ours: seeded per-image generators, "
-        "float16 .npy streamed in chunks, PSNR/SSIM on 64 images; naive: rng.laplace + one PNG per image"
+        "int16 .npy streamed in chunks, PSNR/SSIM on 64 images; naive: rng.laplace + one PNG per image"
     )
     print(f"{'images':<14} {'n':>6} {'ours':>12} {'naive':>13} {'ratio':>9}")
     bench_ldp(images=args.images, size=args.size, channels=args.channels)

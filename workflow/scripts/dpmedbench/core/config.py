@@ -249,3 +249,20 @@ def canonical(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [canonical(v) for v in value]
     return value
+
+
+def uses_noise_key(config: Mapping[str, Any]) -> bool:
+    """Whether any job of the grid draws keyed noise (``noise_source: keyed``): a Local-DP copy, or a DP-SGD
+    cell (its noise, Poisson masks and canaries).
+
+    >>> uses_noise_key(validate_config({})), uses_noise_key(validate_config({"mechanisms": ["none"]}))
+    (True, False)
+    >>> uses_noise_key(validate_config({"ldp": {"noise_source": "os"}, "dpsgd": {"noise_source": "seeded"}}))
+    False
+    """
+    mechanisms = config["mechanisms"]
+    copies = "ldp" in mechanisms and config["ldp"]["noise_source"] == "keyed"
+    cells = "dpsgd" in mechanisms and any(
+        dpsgd_settings(config, d)["noise_source"] == "keyed" for d in enabled_datasets(config)
+    )
+    return copies or cells

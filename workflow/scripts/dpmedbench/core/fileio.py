@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -77,10 +78,36 @@ def atomic_outputs(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
                 tmp.unlink()
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite number (NaN, infinity: not JSON) replaced by ``None``, numpy scalars and
+    arrays as Python numbers and lists. A result that is undefined (an AUROC without positives) or unbounded
+    reads as ``null``; where an epsilon is unbounded its record says why (``epsilon_reason``).
+
+    >>> import numpy as np
+    >>> json_safe({"a": float("nan"), "b": [1.5, float("inf")], "c": np.float32(2.0), "d": np.arange(2)})
+    {'a': None, 'b': [1.5, None], 'c': 2.0, 'd': [0, 1]}
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy array or scalar (no numpy import here)
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(data: Any, *, sort_keys: bool = False) -> str:
+    """Strict JSON (no NaN or Infinity literals: :func:`json_safe`), indented, with a final newline: the one way
+    every JSON output of the pipeline is written."""
+    return json.dumps(json_safe(data), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented strict JSON (:func:`json_text`), atomically."""
     with atomic_outputs(path) as (tmp,):
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json_text(data))
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:

@@ -28,7 +28,7 @@ class DPSettings:
     accountant: str = "prv"
     norm: str = "group"
     grad_sample_mode: str = "bk"
-    noise_source: str = "seeded"  # seeded | os
+    noise_source: str = "keyed"  # keyed | seeded | os
     train_metrics: str = "exact"  # exact | none
     privacy_unit: str = "image"  # image | patient
     max_physical_batch: int = 32  # speed and memory only (GroupNorm or frozen BatchNorm: no batch statistics)

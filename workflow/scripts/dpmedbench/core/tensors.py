@@ -23,7 +23,7 @@ class Split:
     """A split held in memory on the training device: packed images and integer labels."""
 
     name: str
-    images: torch.Tensor  # (N, H, W, C) uint8, float16 or float32
+    images: torch.Tensor  # (N, H, W, C) uint8 or int16 grey levels, or float16 or float32 on [0, 1]
     labels: torch.Tensor  # (N,) int64
 
     def __len__(self) -> int:
@@ -52,9 +52,12 @@ def load_split(
     labels = read_labels(manifest)
     if data.ndim != 4 or len(data) != len(labels):
         raise TrainingError(f"{array}: shape {data.shape} does not match the {len(labels)} rows of {manifest}")
-    if data.dtype not in (np.uint8, np.float16, np.float32):
-        raise TrainingError(f"{array}: unsupported dtype {data.dtype} (expected uint8, float16 or float32)")
-    if data.dtype != np.uint8:
+    if data.dtype not in (np.uint8, np.int16, np.float16, np.float32):
+        raise TrainingError(
+            f"{array}: unsupported dtype {data.dtype} (expected uint8 or int16 grey levels, or float16 or float32 "
+            "values on [0, 1])"
+        )
+    if data.dtype.kind == "f":
         for start in range(0, len(data), 256):
             chunk = np.asarray(data[start : start + 256])
             if not np.isfinite(chunk).all():
@@ -81,7 +84,7 @@ class Preprocess:
         """``draws``: (N, 3) uniform numbers, one row per image, that fix its random affine transform in training
         (each image's own, so that no image's augmentation depends on which other images share its batch)."""
         x = packed.permute(0, 3, 1, 2).float()
-        if packed.dtype == torch.uint8:
+        if packed.dtype in (torch.uint8, torch.int16):  # grey levels: value / 255
             x = x / 255.0
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

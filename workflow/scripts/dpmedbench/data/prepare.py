@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import ChecksumError, LayoutError
-from ..core.fileio import atomic_outputs, source_digest
+from ..core.fileio import atomic_outputs, json_text, source_digest
 from ..core.names import CHANNELS, SPLITS, is_medmnist
 from .archive import Archive
 from .decode import decode_members, event_notes, resize_array
@@ -142,7 +142,7 @@ def prepare_dataset(
             "read": read,
             "dpmedbench_version": __version__,
         }
-        tmp["info.json"].write_text(json.dumps(info, indent=2) + "\n")
+        tmp["info.json"].write_text(json_text(info))
     log.info("%s: wrote %s", dataset, ", ".join(str(p) for p in paths))
     return info
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, json_text
 from ..core.seeds import derive_seed
 from .mechanisms import decode_stored
 from .quality import psnr, ssim
@@ -144,7 +144,7 @@ def attack_copy(
     chunk: int = 256,
 ) -> dict[str, Any]:
     """Both attacks on one split: ``clean`` (N, H, W, C) uint8 originals, ``stored`` the noisy copy as
-    stored (uint8 or float16, same shape). Tuning images are drawn with ``seed`` and never evaluated; the
+    stored (uint8 or int16 grey levels, same shape). Tuning images are drawn with ``seed`` and never evaluated; the
     evaluated images (``quality_images`` for reconstruction, ``queries`` for re-identification; 0: all the
     others) come from the rest."""
     if clean.shape != stored.shape or clean.ndim != 4:
@@ -252,5 +252,5 @@ def attack_copies(
             rec["psnr_db_denoised"], rec["ssim_noisy"], rec["ssim_denoised"],
         )  # fmt: skip
     with atomic_outputs(out_json) as (tmp,):
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.write_text(json_text(result))
     return result

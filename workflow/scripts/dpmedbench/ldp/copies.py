@@ -3,7 +3,6 @@ memory-mapped ``.npy``, with its saturation and quality figures, and the copy's 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import replace
@@ -13,10 +12,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, json_text
+from ..core.noisekey import NoiseKeyError, key_id
+from ..core.privacy import CLEAN_DATA_OUTPUTS, guarantee_of
 from .mechanisms import (
     DEFAULT_BLOCK,
     DEFAULT_NEIGHBOURHOOD,
+    GREY_LEVELS,
     MECHANISMS,
     LdpParams,
     decode_stored,
@@ -39,6 +41,7 @@ def materialise_copy(
     seed: int,
     noise_source: NoiseSource,
     inputs: dict[str, str | os.PathLike[str]],
+    key: bytes | None = None,
     outputs: dict[str, str | os.PathLike[str]],
     privacy_json: str | os.PathLike[str],
     chunk_images: int = 64,
@@ -51,9 +54,12 @@ def materialise_copy(
 
     Streams ``chunk_images`` images at a time: memory stays bounded whatever the dataset size. PSNR and SSIM
     are computed on ``quality_images`` evenly spaced images per split (0: all). Everything is written under
-    temporary names and renamed only when every file is complete.
+    temporary names and renamed only when every file is complete. ``key``: the secret noise key, which
+    ``noise_source: keyed`` needs (:mod:`dpmedbench.core.noisekey`).
     """
     _check_request(mechanism, beta, neighbourhood)
+    if noise_source == "keyed" and key is None:
+        raise NoiseKeyError("noise_source 'keyed' needs the noise key (noise_key), and none was given")
     params = LdpParams(clip=clip, block=block, neighbourhood=neighbourhood)
     storage = storage_of(mechanism, clip)
     splits = list(inputs)
@@ -76,14 +82,15 @@ def materialise_copy(
                 quality=quality_images,
                 noise_source=noise_source,
                 params=params,
+                key=key,
                 **noise,
             )
             log.info("%s beta=%g %s: %d images, %s", dataset, beta, split, len(clean), record[split])
         privacy = _copy_record(
             dataset=dataset, beta=beta, mechanism=mechanism, shape=shape, params=params, storage=storage,
-            seed=seed, noise_source=noise_source, splits=record,
+            seed=seed, noise_source=noise_source, key=key, splits=record,
         )  # fmt: skip
-        tmps[-1].write_text(json.dumps(privacy, indent=2) + "\n")
+        tmps[-1].write_text(json_text(privacy))
     return privacy
 
 
@@ -106,15 +113,20 @@ def _copy_record(
     storage: str,
     seed: int,
     noise_source: NoiseSource,
+    key: bytes | None,
     splits: dict[str, Any],
 ) -> dict[str, Any]:
-    """The copy's ``privacy.json``: the mechanism's privacy record, how the copy is stored and seeded, and each
-    split's saturation and quality figures (``splits``)."""
+    """The copy's ``privacy.json``: the mechanism's privacy record (none with a published seed), how the copy is
+    stored and seeded, and each split's saturation and quality figures (``splits``)."""
+    record = MECHANISMS[mechanism].privacy(beta, shape, params)
+    record = replace(record, randomness=randomness(noise_source),
+                     details={**record.details, "outside_guarantee": dict(CLEAN_DATA_OUTPUTS)})  # fmt: skip
+    record = guarantee_of(record, noise_source, key_id(key) if noise_source == "keyed" and key else None)
     return {
         "dataset": dataset,
         "beta": beta,
         "description": MECHANISMS[mechanism].description,
-        **replace(MECHANISMS[mechanism].privacy(beta, shape, params), randomness=randomness(noise_source)).to_json(),
+        **record.to_json(),
         "values_per_image": int(np.prod(shape)),
         "storage": storage,
         "clipped": storage == "uint8",
@@ -125,7 +137,8 @@ def _copy_record(
         "splits": splits,
         "quality_note": "PSNR and SSIM compare a clean image with its noisy copy as a viewer sees it "
         "(values clipped to [0, 1]), averaged over quality_images evenly spaced images of the split; "
-        "saturated_fraction is the share of all noisy values outside [0, 1] (before any clipping).",
+        "saturated_fraction is the share of all noisy values outside [0, 1] (grey levels outside 0-255, before any "
+        "clipping); clamped_int16 counts the values beyond the int16 range, clamped (post-processing).",
         "dpmedbench_version": __version__,
     }
 
@@ -136,13 +149,13 @@ def _copy_split(
     """Write the noisy copy of one split to ``tmp``, ``chunk`` images at a time; its saturation and quality."""
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=clean.shape)
     stats = _Stats(quality_indices(len(clean), quality))
-    buffer = np.empty((min(chunk, len(clean)), *clean.shape[1:]), dtype=np.float32)  # reused
+    buffer = np.empty((min(chunk, len(clean)), *clean.shape[1:]), dtype=np.int32)  # reused, grey levels
     for start in range(0, len(clean), chunk):
         batch = np.asarray(clean[start : start + chunk])
         work = buffer[: len(batch)]
         perturb_into(work, batch, start=start, **noise)
         stats.count_saturated(work)
-        store(work, out[start : start + len(batch)])
+        stats.clamped += store(work, out[start : start + len(batch)])
         stats.add_quality(start, batch, out[start : start + len(batch)])
     out.flush()
     del out
@@ -158,10 +171,11 @@ class _Stats:
         self.psnr: list[float] = []
         self.ssim: list[float] = []
         self.saturated = 0
+        self.clamped = 0
         self.values = 0
 
     def count_saturated(self, noisy: np.ndarray) -> None:
-        self.saturated += int(np.count_nonzero(noisy < 0)) + int(np.count_nonzero(noisy > 1))
+        self.saturated += int(np.count_nonzero(noisy < 0)) + int(np.count_nonzero(noisy > GREY_LEVELS))
         self.values += noisy.size
         self.n += len(noisy)
 
@@ -182,4 +196,5 @@ class _Stats:
             "psnr_db_mean": round(float(np.mean(self.psnr)), 3),
             "ssim_mean": round(float(np.mean(self.ssim)), 4),
             "saturated_fraction": round(self.saturated / self.values, 4),
+            "clamped_int16": self.clamped,
         }

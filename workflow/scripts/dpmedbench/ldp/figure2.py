@@ -35,7 +35,8 @@ def _panel_title(beta: float, privacy: dict) -> str:
     ε = 144 per image
     """
     if privacy.get("epsilon_m_pixels") is None and privacy.get("epsilon_per_value") is None:
-        return f"β = {beta:g}\nno ε (no formal guarantee)"
+        why = "seeded noise" if privacy.get("noise_source") == "seeded" else "no formal guarantee"
+        return f"β = {beta:g}\nno ε ({why})"
     lines = [f"β = {beta:g}"]
     if privacy.get("epsilon_per_value") is not None:
         lines.append(f"ε = {privacy['epsilon_per_value']:g} per value")
@@ -45,39 +46,34 @@ def _panel_title(beta: float, privacy: dict) -> str:
     return "\n".join(lines)
 
 
-def saturated_share(clean_uint8: np.ndarray, stored: np.ndarray) -> float:
-    """The share of an image's values that its noise pushed to 0 or 1 as shown (clipped), among those that were
-    not already that value: how much of the image the copy wipes out.
+def saturated_share(stored: np.ndarray) -> float:
+    """The share of a noisy image's values that are 0 or 1 as shown (clipped): how much of it the copy wipes out.
+    Computed from the noisy copy alone (post-processing of what is released), never from the clean image.
 
-    >>> clean = np.array([[[0], [128], [255], [64]]], np.uint8)
-    >>> saturated_share(clean, np.array([[[0.0], [1.0], [1.0], [0.3]]], np.float32))  # 128 -> 1 only
-    0.25
+    >>> saturated_share(np.array([[[0], [300], [255], [77]]], np.int16))
+    0.75
     """
     shown = np.clip(decode_stored(np.asarray(stored)), 0.0, 1.0)
-    reference = np.asarray(clean_uint8, np.float32) / np.float32(255.0)
-    return float(np.mean(((shown == 0) | (shown == 1)) & (shown != reference)))
+    return float(np.mean((shown == 0) | (shown == 1)))
 
 
-def representative_index(clean: np.ndarray, copies: Sequence[np.ndarray], sample: int = 256) -> int:
-    """The training image whose noisy copies are the most typical. Over ``sample`` evenly spaced images, every
-    copy (mechanism, beta) is ranked by :func:`saturated_share` (ties share their mean rank), and the image whose
-    rank is closest to the median in its least typical copy is chosen; then the smallest total distance, then the
-    lowest index. No panel is then a lucky or an unlucky draw: a brightness shift at beta = 1 saturates about
-    half of a fundus photograph in the median copy, and the image shown is not one it turned all black.
+def representative_index(copies: Sequence[np.ndarray], sample: int = 256) -> int:
+    """The training image whose noisy copies are the most typical, chosen from the copies alone (no statistic of
+    the clean training images). Over ``sample`` evenly spaced images, every copy (mechanism, beta) is ranked by
+    :func:`saturated_share` (ties share their mean rank), and the image whose rank is closest to the median in its
+    least typical copy is chosen; then the smallest total distance, then the lowest index. No panel is then a lucky
+    or an unlucky draw: a brightness shift at beta = 1 saturates about half of a fundus photograph in the median
+    copy, and the image shown is not one it turned all black.
 
-    >>> clean = np.full((5, 2, 2, 1), 128, np.uint8)
-    >>> copy = np.stack([np.where(np.arange(4).reshape(2, 2, 1) < k, 1.0, 0.5) for k in (4, 0, 2, 1, 3)])
-    >>> representative_index(clean, [copy.astype(np.float32)])  # saturated shares 1, 0, .5, .25, .75: median .5
+    >>> copy = np.stack([np.where(np.arange(4).reshape(2, 2, 1) < k, 255, 100) for k in (4, 0, 2, 1, 3)])
+    >>> representative_index([copy.astype(np.int16)])  # saturated shares 1, 0, .5, .25, .75: median .5
     2
     """
     from scipy.stats import rankdata
 
-    indices = quality_indices(len(clean), sample)
+    indices = quality_indices(len(copies[0]), sample)
     distances = np.array(
-        [
-            np.abs(rankdata([saturated_share(clean[i], copy[i]) for i in indices]) - (len(indices) + 1) / 2)
-            for copy in copies
-        ]
+        [np.abs(rankdata([saturated_share(copy[i]) for i in indices]) - (len(indices) + 1) / 2) for copy in copies]
     )
     order = np.lexsort((indices, distances.sum(axis=0), distances.max(axis=0)))
     return int(indices[order[0]])
@@ -108,25 +104,36 @@ def _draw_row(axes: Sequence[Any], panels: list[np.ndarray], titles: list[str], 
 def _chosen(index: int | None, clean: np.ndarray, arrays: Sequence[np.ndarray], dataset: str) -> tuple[int, str]:
     """The training image to show, and how it was chosen: ``index``, or the most typical one."""
     if index is None:
-        return representative_index(clean, arrays), "the most typical: its copies saturate as much as the median copy"
+        return representative_index(arrays), "the most typical: its copies saturate as much as the median copy"
     if not 0 <= index < len(clean):
         raise ValueError(f"ldp.figure_index {index} is outside the {len(clean)} training images of {dataset}")
     return index, "chosen by ldp.figure_index"
 
 
+#: The clean panel's title: the clean image is a private training image, shown outside every guarantee.
+CLEAN_TITLE = "clean training image\n(outside the guarantee:\nnot released)"
+
+
 def _row_panels(
-    found: dict[float, tuple[dict, np.ndarray]], betas: Sequence[float], index: int, clean: np.ndarray, *, what: str
+    found: dict[float, tuple[dict, np.ndarray]],
+    betas: Sequence[float],
+    index: int,
+    clean: np.ndarray | None,
+    *,
+    what: str,
 ) -> tuple[list[np.ndarray], list[str]]:
-    """One mechanism's panels (clean, then its copy at each beta) and their titles (epsilon, PSNR, SSIM);
-    ``found``: its copies by beta (a missing beta is an error that starts with ``what``)."""
-    panels, titles = [clean], ["clean"]
+    """One mechanism's panels (the clean image unless ``clean`` is None, then its copy at each beta) and their
+    titles (epsilon; with the clean image, PSNR and SSIM against it); ``found``: its copies by beta (a missing
+    beta is an error that starts with ``what``)."""
+    panels, titles = ([clean], [CLEAN_TITLE]) if clean is not None else ([], [])
     for beta in betas:
         if beta not in found:
             raise ValueError(f"{what} copy at beta {beta:g} among its inputs")
         record, array = found[beta]
         noisy = decode_stored(np.asarray(array[index]))
         panels.append(noisy)
-        titles.append(f"{_panel_title(beta, record)}\n{quality_label(clean, noisy)}")
+        title = _panel_title(beta, record)
+        titles.append(f"{title}\n{quality_label(clean, noisy)}" if clean is not None else title)
     return panels, titles
 
 
@@ -139,9 +146,12 @@ def figure2(
     index: int | None,
     outputs: Sequence[str | os.PathLike[str]],
     data_info: str | os.PathLike[str] | None = None,
+    show_clean: bool = True,
 ) -> int:
     """The paper's Figure 2 for one dataset: one training image clean and in each materialised Local-DP copy,
-    one row per mechanism, one column per beta, with PSNR and SSIM against the clean image in every panel.
+    one row per mechanism, one column per beta, with PSNR and SSIM against the clean image in every panel. The
+    clean panel and the PSNR/SSIM figures are computed from a private training image: they are labelled as
+    outside the guarantee, and ``show_clean=False`` (``ldp.figure_clean: false``, for a release) leaves them out.
 
     ``copies``: the train ``.npy`` of every copy, in the order of ``privacy_jsons``. ``index``: the image to show,
     or ``None`` for the most typical one (:func:`representative_index`). Noisy values are shown clipped to
@@ -158,14 +168,12 @@ def figure2(
     mechanisms = [m for m in MECHANISMS if any(r["mechanism"] == m for r in records)]
     betas = sorted({float(r["beta"]) for r in records})
     image = np.asarray(clean[index])
+    columns = len(betas) + int(show_clean)
     fig, axes = plt.subplots(
-        len(mechanisms),
-        len(betas) + 1,
-        figsize=(2.3 * (len(betas) + 1), 3.3 * len(mechanisms) + 0.9),
-        squeeze=False,
+        len(mechanisms), columns, figsize=(2.3 * max(columns, 2), 3.3 * len(mechanisms) + 0.9), squeeze=False
     )
     cmap = "gray" if image.shape[-1] == 1 else None
-    clean_panel = image.astype(np.float32) / 255.0
+    clean_panel = image.astype(np.float32) / 255.0 if show_clean else None
     for row, mechanism in enumerate(mechanisms):
         found = {float(r["beta"]): (r, a) for r, a in zip(records, arrays, strict=True) if r["mechanism"] == mechanism}
         panels, titles = _row_panels(found, betas, index, clean_panel, what=f"Figure 2 of {dataset}: no {mechanism}")
@@ -173,8 +181,8 @@ def figure2(
     what = data_provenance(dataset, json.loads(Path(data_info).read_text()))["description"] if data_info else dataset
     fig.suptitle(
         textwrap.fill(
-            f"{_NAMES.get(dataset, dataset)} training image {index} of {len(clean)} ({how}), clean and in each "
-            f"Local-DP copy. Data: {what}",
+            f"{_NAMES.get(dataset, dataset)} training image {index} of {len(clean)} ({how})"
+            f"{', clean and' if show_clean else ''} in each Local-DP copy. Data: {what}",
             100,
         )
         + "\nnoisy values shown clipped to [0, 1]; ε, where one exists, is pure ε-DP with δ = 0",

@@ -27,11 +27,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ..core.privacy import PrivacyRecord
+from .discrete import discrete_laplace
 from .noise import NoiseSource, image_generators, laplace_from_bits, random_words
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,8 @@ class Mechanism:
     """A Local-DP mechanism: how it perturbs a batch, how its output is stored, and its privacy."""
 
     name: str
-    #: perturb(values, generators, beta, params): add the noise to a float32 (N, H, W, C) batch of [0, 1] values,
-    #: in place, with ``generators[i]`` for image i.
+    #: perturb(values, generators, beta, params): add the noise to an int32 (N, H, W, C) batch of grey levels
+    #: (the clean 0-255 values), in place, with ``generators[i]`` for image i.
     perturb: Callable[[np.ndarray, list[np.random.Generator], float, LdpParams], None]
     #: privacy(beta, (H, W, C), params): the guarantee of one noisy image.
     privacy: Callable[[float, tuple[int, int, int], LdpParams], PrivacyRecord]
@@ -83,15 +85,37 @@ def register(mechanism: Mechanism) -> Mechanism:
     return mechanism
 
 
-def _add_laplace(target: np.ndarray, gens: list[np.random.Generator], scale: float) -> None:
-    """Add Laplace(0, ``scale``) noise to every value of ``target[i]`` in place, from ``gens[i]``."""
-    per_image = target[0].size
+#: Grey levels per unit of the [0, 1] scale: a pixel value changes by at most this much.
+GREY_LEVELS = 255
+
+
+def _add_discrete_laplace(target: np.ndarray, gens: list[np.random.Generator], scale: Fraction) -> None:
+    """Add exact discrete Laplace noise of ``scale`` (:mod:`.discrete`) to every integer of ``target[i]`` in
+    place, from ``gens[i]``."""
+    sampler, per_image = discrete_laplace(scale), target[0].size
     for i, g in enumerate(gens):
-        target[i] += laplace_from_bits(random_words(g, per_image), scale).reshape(target.shape[1:])
+        target[i] += sampler.sample(g, per_image).reshape(target.shape[1:]).astype(target.dtype)
+
+
+def pixel_scale(beta: float) -> Fraction:
+    """The per-pixel mechanism's discrete Laplace scale in grey levels: 255 beta, exactly (beta's binary value).
+
+    >>> pixel_scale(1.0), pixel_scale(0.5)
+    (Fraction(255, 1), Fraction(255, 2))
+    """
+    return GREY_LEVELS * Fraction(beta)
 
 
 def _pixel_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
-    _add_laplace(values, gens, beta)
+    _add_discrete_laplace(values, gens, pixel_scale(beta))
+
+
+#: What draws the noise of the Laplace-based mechanisms, for their privacy records.
+SAMPLER = (
+    "exact discrete Laplace (two-sided geometric) on integers: inversion of uniform 64-bit words against the "
+    "cumulative distribution known to 128 bits, refined bit by bit where a word meets a boundary, and the tails "
+    "beyond the table sampled exactly by memorylessness; no floating point, no truncation"
+)
 
 
 LOCAL_SCOPE = "local: each noisy image is released on its own; whatever is computed from it is post-processing"
@@ -108,7 +132,7 @@ def _pixel_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) 
         mechanism="laplace_pixel",
         epsilon=1.0 / beta,
         delta=0.0,
-        accountant="Laplace mechanism, per pixel value",
+        accountant="discrete Laplace mechanism, per pixel value",
         formal_guarantee=True,
         unit="pixel value",
         scope=LOCAL_SCOPE,
@@ -117,19 +141,25 @@ def _pixel_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) 
             "epsilon_per_image": values_per_image / beta,
             **_neighbourhood(params, m * channels / beta),
             "sensitivity": 1.0,
-            "derivation": "Laplace mechanism, pure epsilon-DP (Dwork et al. 2006): epsilon = sensitivity / beta. "
-            "Per value: each [0, 1] pixel value changes by at most 1. Per image: L1 sensitivity d = H*W*C values, "
-            f"epsilon = d / beta. Any change to at most m = {m} pixels ({channels} value(s) each): L1 sensitivity "
-            f"m*C = {m * channels}, epsilon = m*C / beta. Clipping, rounding and storage are post-processing and "
-            "change none of these.",
+            "sensitivity_grey_levels": GREY_LEVELS,
+            "noise_scale_grey_levels": float(pixel_scale(beta)),
+            "sampler": SAMPLER,
+            "derivation": "Discrete Laplace mechanism on the integer grey levels 0-255, pure epsilon-DP with delta = "
+            "0 exactly (the noise's support is every integer, whatever the input): noise of scale 255*beta, "
+            "P(z) proportional to exp(-|z| / (255 beta)). Per value: a grey level changes by at most 255, epsilon = "
+            "255 / (255 beta) = 1/beta. Per image: L1 sensitivity 255*d over d = H*W*C values, epsilon = d / beta. "
+            f"Any change to at most m = {m} pixels ({channels} value(s) each): L1 sensitivity 255*m*C, epsilon = "
+            "m*C / beta. Clipping to 0-255, clamping to int16 and reading a value as value/255 are post-processing "
+            "and change none of these.",
         },
     )
 
 
 def _shift_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
-    shifts = np.array([laplace_from_bits(random_words(g, 1), beta)[0] for g in gens], np.float32)
-    values += shifts.reshape(-1, *([1] * (values.ndim - 1)))
-    # Saturation to [0, 1], as the authors' 8-bit JPEG write did, happens in storage: always uint8 (storage_of).
+    shifts = np.array([laplace_from_bits(random_words(g, 1), beta)[0] for g in gens], np.float64)
+    values += np.rint(GREY_LEVELS * shifts).astype(values.dtype).reshape(-1, *([1] * (values.ndim - 1)))
+    # The authors' continuous Laplace (there is no epsilon to keep exact), rounded to a grey level; saturation to
+    # 0-255, as their 8-bit JPEG write did, happens in storage: always uint8 (storage_of).
 
 
 def _shift_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) -> PrivacyRecord:
@@ -152,7 +182,14 @@ def _shift_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) 
     )
 
 
-register(Mechanism("laplace_pixel", _pixel_noise, _pixel_privacy, "Laplace noise of scale beta per [0,1] value"))
+register(
+    Mechanism(
+        "laplace_pixel",
+        _pixel_noise,
+        _pixel_privacy,
+        "exact discrete Laplace noise of scale 255 beta per grey level (beta on [0, 1])",
+    )
+)
 register(
     Mechanism(
         "laplace_image_shift",
@@ -182,18 +219,29 @@ def _check_block(shape: tuple[int, ...], block: int) -> None:
         )
 
 
-def pixelate(values: np.ndarray, block: int) -> np.ndarray:
-    """Cell means of a float32 (N, H, W, C) batch: (N, H/b, W/b, C), averaged in float64."""
+def dp_pix_sum_scale(beta: float, neighbourhood: int, channels: int) -> Fraction:
+    """DP-Pix's discrete Laplace scale on the integer cell sums (grey levels): 255 C m beta, exactly, for
+    epsilon = 1/beta under the m-pixel neighbourhood (its L1 sensitivity is 255 C m).
+
+    >>> dp_pix_sum_scale(1.0, 16, 1), dp_pix_sum_scale(0.5, 16, 3)
+    (Fraction(4080, 1), Fraction(6120, 1))
+    """
+    return GREY_LEVELS * channels * neighbourhood * Fraction(beta)
+
+
+def cell_sums(values: np.ndarray, block: int) -> np.ndarray:
+    """Integer cell sums of an integer (N, H, W, C) batch: (N, H/b, W/b, C), int64."""
     _check_block(values.shape, block)
     n, h, w, c = values.shape
-    cells = values.reshape(n, h // block, block, w // block, block, c).mean(axis=(2, 4), dtype=np.float64)
-    return cells.astype(np.float32)
+    return values.reshape(n, h // block, block, w // block, block, c).sum(axis=(2, 4), dtype=np.int64)
 
 
 def _pix_noise(values: np.ndarray, gens: list[np.random.Generator], beta: float, params: LdpParams) -> None:
-    cells = pixelate(values, params.block)
-    _add_laplace(cells, gens, dp_pix_scale(beta, params.block, params.neighbourhood, values.shape[-1]))
-    values[...] = np.repeat(np.repeat(cells, params.block, axis=1), params.block, axis=2)
+    sums = cell_sums(values, params.block)
+    _add_discrete_laplace(sums, gens, dp_pix_sum_scale(beta, params.neighbourhood, values.shape[-1]))
+    area = params.block**2
+    means = np.floor_divide(2 * sums + area, 2 * area)  # the noisy sum's mean grey level, rounded half up
+    values[...] = np.repeat(np.repeat(means, params.block, axis=1), params.block, axis=2)
 
 
 def _pix_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) -> PrivacyRecord:
@@ -205,7 +253,7 @@ def _pix_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) ->
         mechanism="dp_pix",
         epsilon=1.0 / beta,
         delta=0.0,
-        accountant="Laplace mechanism on b x b cell means (DP-Pix)",
+        accountant="discrete Laplace mechanism on b x b cell sums (DP-Pix)",
         formal_guarantee=True,
         unit=f"image, up to {m} pixels changed",
         scope=LOCAL_SCOPE,
@@ -215,14 +263,19 @@ def _pix_privacy(beta: float, shape: tuple[int, int, int], params: LdpParams) ->
             **_neighbourhood(params, 1.0 / beta),
             "block": b,
             "noise_scale": scale,
-            "noise_scale_grey_levels": 255 * scale,
+            "noise_scale_grey_levels": GREY_LEVELS * scale,
+            "noise_scale_cell_sum": float(dp_pix_sum_scale(beta, m, channels)),
             "sensitivity": channels * m / b**2,
-            "derivation": f"DP-Pix (Fan, DBSec 2018): each {b} x {b} cell is replaced by its mean per channel and "
-            f"Laplace noise of scale C*m*beta/b^2 = {scale:.6g} on [0, 1] ({255 * scale:.4g} grey levels) is added to "
-            f"every cell mean. Changing at most m = {m} pixels ({channels} value(s) each, each by at most 1) moves the "
-            f"C cell means by at most C*m/b^2 = {channels * m / b**2:.6g} in L1, so epsilon = 1/beta for that "
-            f"neighbourhood. Any change to the whole image moves the cell means by at most C*H*W/b^2 in L1: "
-            f"epsilon = H*W / (m*beta) per image. Clipping and storage are post-processing.",
+            "sampler": SAMPLER,
+            "derivation": f"DP-Pix (Fan, DBSec 2018) on the integer grey levels: each {b} x {b} cell's integer sum "
+            f"per channel gets exact discrete Laplace noise of scale 255*C*m*beta = "
+            f"{float(dp_pix_sum_scale(beta, m, channels)):g}, and the cell is replaced by the noisy sum's mean, "
+            f"rounded to a grey level (C*m*beta/b^2 = {scale:.6g} on [0, 1], {GREY_LEVELS * scale:.4g} grey levels "
+            f"on the mean). Changing at most m = {m} pixels ({channels} value(s) each, each by at most 255) moves the "
+            "cell sums by at most 255*C*m in L1, so epsilon = 1/beta for that neighbourhood, pure (delta = 0 "
+            "exactly: the noise's support is every integer). Any change to the whole image moves them by at most "
+            "255*C*H*W: epsilon = H*W / (m*beta) per image. The mean, its rounding, clipping and storage are "
+            "post-processing.",
         },
     )
 
@@ -232,32 +285,45 @@ register(
         "dp_pix",
         _pix_noise,
         _pix_privacy,
-        "DP-Pix: b x b cell means per channel plus Laplace noise, epsilon per image for any m pixels (Fan 2018)",
+        "DP-Pix: b x b cell sums per channel plus exact discrete Laplace noise, their means; epsilon per image for "
+        "any m pixels (Fan 2018)",
     )
 )
 
 
 # ------------------------------------------------------------------------------------------------- storage
 def storage_of(mechanism: str, clip: bool) -> str:
-    """``float16`` (unclipped noisy values) or ``uint8`` (values in [0, 1] times 255, rounded)."""
-    return "uint8" if clip or mechanism == "laplace_image_shift" else "float16"
+    """``int16`` (unclipped noisy grey levels) or ``uint8`` (clipped to 0-255); both read as value/255."""
+    return "uint8" if clip or mechanism == "laplace_image_shift" else "int16"
 
 
-def store(values: np.ndarray, out: np.ndarray) -> None:
-    """Write float32 noisy values into the stored copy's rows ``out`` (float16, or uint8 of [0, 1] x 255).
-    Clips ``values`` in place for uint8 storage."""
+#: The range an int16 copy holds; a noisy grey level beyond it is clamped (post-processing; at beta 4 a value
+#: lands there with probability below 1e-13).
+INT16_RANGE = (-32768, 32767)
+
+
+def store(values: np.ndarray, out: np.ndarray) -> int:
+    """Write integer noisy grey levels into the stored copy's rows ``out``: uint8 clipped to 0-255, or int16
+    clamped to its range (both post-processing). Clips ``values`` in place; returns how many values were
+    clamped to the int16 range (0 for uint8)."""
     if out.dtype == np.uint8:
-        np.clip(values, 0.0, 1.0, out=values)
-        values *= np.float32(255.0)
-        np.rint(values, out=values)
-    out[...] = values  # float32 -> float16 / uint8 conversion straight into the memory map
+        np.clip(values, 0, GREY_LEVELS, out=values)
+        clamped = 0
+    elif out.dtype == np.int16:
+        low, high = INT16_RANGE
+        clamped = int(np.count_nonzero(values < low)) + int(np.count_nonzero(values > high))
+        np.clip(values, low, high, out=values)
+    else:
+        raise ValueError(f"a Local-DP copy is stored as uint8 or int16, not {out.dtype}")
+    out[...] = values  # int32 -> int16 / uint8 straight into the memory map
+    return clamped
 
 
 def decode_stored(stored: np.ndarray) -> np.ndarray:
-    """Stored copy -> float32 values on the [0, 1] scale (uint8 copies are divided by 255)."""
-    if stored.dtype == np.uint8:
-        return stored.astype(np.float32) / np.float32(255.0)
-    return stored.astype(np.float32)
+    """Stored copy (grey levels, uint8 or int16) -> float32 values on the [0, 1] scale: value / 255."""
+    if stored.dtype not in (np.uint8, np.int16):
+        raise ValueError(f"a Local-DP copy holds uint8 or int16 grey levels, not {stored.dtype}")
+    return stored.astype(np.float32) / np.float32(GREY_LEVELS)
 
 
 def perturb_into(
@@ -272,8 +338,9 @@ def perturb_into(
     start: int,
     noise_source: NoiseSource,
     params: LdpParams,
+    key: bytes | None = None,
 ) -> None:
-    np.divide(clean_uint8, np.float32(255.0), out=work, dtype=np.float32)
+    work[...] = clean_uint8
     gens = list(
         image_generators(
             seed=seed,
@@ -284,6 +351,7 @@ def perturb_into(
             start=start,
             count=len(work),
             noise_source=noise_source,
+            key=key,
         )
     )
     MECHANISMS[mechanism].perturb(work, gens, beta, params)
@@ -300,10 +368,11 @@ def noisy_batch(
     start: int,
     noise_source: NoiseSource = "seeded",
     params: LdpParams | None = None,
+    key: bytes | None = None,
 ) -> np.ndarray:
-    """Noisy float32 values of images ``start ..`` of a split (before storage encoding): exactly the values
-    :func:`materialise_copy` stores for them."""
-    work = np.empty(clean_uint8.shape, dtype=np.float32)
+    """Noisy grey levels (int32) of images ``start ..`` of a split (before storage): exactly the values
+    :func:`.copies.materialise_copy` stores for them."""
+    work = np.empty(clean_uint8.shape, dtype=np.int32)
     perturb_into(
         work,
         clean_uint8,
@@ -315,5 +384,6 @@ def noisy_batch(
         start=start,
         noise_source=noise_source,
         params=params or LdpParams(),
+        key=key,
     )
     return work

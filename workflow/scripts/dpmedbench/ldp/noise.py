@@ -1,10 +1,12 @@
 """The random draws of the Local-DP copies: a generator per image, and Laplace noise from its raw bits.
 
-Noise is reproducible and independent: every image of every (dataset, mechanism, beta, split) copy has its own
-PCG64 generator, derived with ``numpy.random.SeedSequence`` from (seed, dataset, mechanism, beta, split, image
-index). Copies at different beta or of different mechanisms never share a draw (sharing one draw scaled by beta
-would let anyone holding two copies solve for the clean image), reruns rebuild identical bytes whatever the chunk
-size, and changing one beta touches one copy. ``noise_source: os`` draws fresh operating-system entropy instead.
+Noise is secret, reproducible and independent: every image of every (dataset, mechanism, beta, split) copy has its
+own PCG64 generator, seeded with HMAC-SHA256(secret key, (dataset, mechanism, beta, split, image index))
+(``noise_source: keyed``, the default; :mod:`dpmedbench.core.noisekey`). Copies at different beta or of different
+mechanisms never share a draw (sharing one draw scaled by beta would let anyone holding two copies solve for the
+clean image), rebuilds in the same checkout give identical bytes whatever the chunk size, changing one beta touches
+one copy, and nobody without the key can regenerate the noise. ``seeded`` derives the generators from the
+published seed instead (teaching and tests: no guarantee), ``os`` from fresh operating-system entropy.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Literal
 
 import numpy as np
 
-NoiseSource = Literal["seeded", "os"]
+from ..core.noisekey import NoiseKeyError, keyed_entropy
+
+NoiseSource = Literal["keyed", "seeded", "os"]
 
 
 _ONE_MINUS_HALF_ULP = np.float32(1.0 - 2.0**-24)  # exactly representable
@@ -58,15 +62,24 @@ def image_generators(
     start: int,
     count: int,
     noise_source: NoiseSource,
+    key: bytes | None = None,
 ) -> Iterator[np.random.Generator]:
     """One generator per image ``start .. start + count - 1`` of a copy.
 
-    ``seeded``: derived from (seed, dataset, mechanism, beta, split, index), so a rerun gives identical bytes.
-    ``os``: fresh operating-system entropy for every image, never reproducible (for real releases).
+    ``keyed``: seeded with HMAC-SHA256(``key``, (dataset, mechanism, beta, split, index)): reproducible with the
+    key, unknown without it. ``seeded``: derived from (seed, dataset, mechanism, beta, split, index), which anyone
+    with the configuration can recreate. ``os``: fresh operating-system entropy for every image, never reproducible.
     """
     if noise_source == "os":
         for _ in range(count):
             yield np.random.Generator(np.random.PCG64(np.random.SeedSequence()))
+        return
+    if noise_source == "keyed":
+        if key is None:
+            raise NoiseKeyError("noise_source 'keyed' needs the noise key (noise_key), and none was given")
+        for index in range(start, start + count):
+            entropy = keyed_entropy(key, "ldp", dataset, mechanism, float(beta), split, index)
+            yield np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
         return
     key = (_key(dataset), _key(mechanism), _key(repr(float(beta))), _key(split))
     for index in range(start, start + count):
@@ -75,15 +88,27 @@ def image_generators(
 
 def randomness(noise_source: NoiseSource) -> str:
     """What the noise source means for the guarantee, in words (the privacy record's ``randomness``)."""
+    if noise_source == "keyed":
+        return (
+            "keyed: every image's noise is derived from a secret 256-bit key (kept outside every released folder; "
+            "the record names only its key_id) by HMAC-SHA256, so nobody without the key can recreate it; a "
+            "rebuild with the same key gives identical bytes. PCG64 generators, not cryptographic themselves, "
+            "draw from the keyed seeds"
+        )
     if noise_source == "seeded":
         return (
-            "seeded: every image's noise is derived from the configuration's seed, so the guarantee assumes the "
-            "seed is secret; with the published configuration the noise can be recreated"
+            "seeded: every image's noise is derived from the configuration's published seed, so anyone with the "
+            "configuration can recreate and subtract it: no formal guarantee"
         )
     return "os: every image's noise comes from fresh operating-system entropy, recorded nowhere; not reproducible"
 
 
 def seed_policy(seed: int, noise_source: NoiseSource) -> str:
+    if noise_source == "keyed":
+        return (
+            "keyed: numpy SeedSequence(HMAC-SHA256(key, (dataset, mechanism, beta, split, image index))) -> PCG64 "
+            "per image; a rebuild with the same key rebuilds identical bytes"
+        )
     if noise_source == "seeded":
         return (
             f"seeded: numpy SeedSequence({seed}, spawn_key=(dataset, mechanism, beta, split, image index)) -> "

@@ -1,5 +1,6 @@
-"""The audit figures that speak in epsilon: accounted epsilon against the audits' empirical lower bounds, and
-what an attacker recovers from the Local-DP copies. Built only from ``results/summary.csv``."""
+"""The audit figures that speak in epsilon: accounted epsilon against what the audits show (the one-run canary
+audit's lower bound, and the membership tests' estimates, which bound nothing), and what an attacker recovers from
+the Local-DP copies. Built only from ``results/summary.csv``."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ import pandas as pd
 from ..core.names import dataset_order, family, mechanism_label, mechanism_order
 from ..core.plotting import save_figure
 
-#: The empirical bounds drawn, summary column -> (legend label, marker, its ceiling's column).
+#: What is drawn, summary column -> (legend label, marker, its ceiling's column): the canary audit's lower bound
+#: (membership randomised), and the membership tests' estimates (fixed members against held-out images).
 BOUNDS = {
-    "audit_epsilon_lb": ("loss threshold", "o", "audit_epsilon_ceiling"),
-    "audit_lira_epsilon_lb": ("LiRA", "s", None),
-    "audit_canary_epsilon_lb": ("one-run canaries", "^", "audit_canary_epsilon_ceiling"),
+    "audit_epsilon_estimate": ("loss threshold: estimate, not a bound", "o", "audit_epsilon_estimate_ceiling"),
+    "audit_lira_epsilon_estimate": ("LiRA: estimate, not a bound", "s", None),
+    "audit_canary_epsilon_lb": ("one-run canaries: lower bound", "^", "audit_canary_epsilon_ceiling"),
 }
-OFFSETS = {"audit_epsilon_lb": 1.0, "audit_lira_epsilon_lb": 1.25, "audit_canary_epsilon_lb": 0.8}  # side by side
+#: Side by side, so that no marker hides another.
+OFFSETS = {"audit_epsilon_estimate": 1.0, "audit_lira_epsilon_estimate": 1.25, "audit_canary_epsilon_lb": 0.8}
 #: One colour per cell mechanism, the same in every audit figure.
 COLOURS = {
     "none": "0.45",
@@ -83,10 +86,10 @@ def top_of(summary: pd.DataFrame) -> float:
 
 
 def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str], dpi: int) -> None:
-    """Accounted epsilon (x) against the empirical lower bounds (y), log axes, one panel per dataset. A bound
-    above the line y = x would contradict the guarantee; each bound's ceiling (what a perfect attack could
-    show with this sample) is the cap of the thin line above it. Cells without a guarantee stand right of the
-    axis break, at 'none'."""
+    """Accounted epsilon (x) against what the audits show (y), log axes, one panel per dataset: the canary
+    audit's lower bound (above the line y = x it would contradict the guarantee) and the membership tests'
+    estimates (not bounds). Each one's ceiling (what a perfect attack could show with this sample) is the cap of
+    the thin line above it. Cells without a guarantee stand right of the axis break, at 'none'."""
     summary = read_summary(summary_csv, MEMBERSHIP_AXIS)
     summary["accounted"] = accounted_epsilon(summary)
     datasets = dataset_order(summary["dataset"])
@@ -122,7 +125,7 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
             "patient record)\nLocal-DP: whole image, d/β or H·W/(m·β)",
             fontsize="small",
         )
-        ax.set_ylabel("empirical ε lower bound (95 %; 0 drawn at 0.01)")
+        ax.set_ylabel("empirical ε (95 %): canary lower bound or MIA estimate\n(0 drawn at 0.01)", fontsize="small")
         ax.set_title(dataset)
     handles = [
         plt.Line2D([], [], color=COLOURS.get(m, "black"), marker="o", linestyle="none", label=mechanism_label(m))
@@ -134,11 +137,11 @@ def audit_epsilon(*, summary_csv: str | os.PathLike[str], outputs: Sequence[str]
         if col in summary and pd.to_numeric(summary[col], errors="coerce").notna().any()
     ]
     handles += [
-        plt.Line2D([], [], color="black", linestyle="--", label="y = x (a bound above it breaks the guarantee)"),
+        plt.Line2D([], [], color="black", linestyle="--", label="y = x (a canary bound above it breaks the guarantee)"),
         plt.Line2D([], [], color="black", marker="_", linestyle="none", markersize=9, label="ceiling of the audit"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.08))
-    fig.suptitle("Accounted ε against what the audits can show", y=1.0)
+    fig.suptitle("Accounted ε against the audits: the canaries' lower bound, the membership tests' estimates", y=1.0)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     save_figure(fig, outputs, dpi)
 

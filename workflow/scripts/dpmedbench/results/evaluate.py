@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, json_text
 from ..core.names import family
 from ..core.runtime import cpu_threads, derive_seed, pick_device
 from ..core.tensors import Preprocess, Split, load_split
@@ -70,9 +70,12 @@ def evaluate_cell(
         eval_batch=eval_batch,
         seed=seed,
     )
-    check_against_accountant(result["audit"], record["privacy"], cell)
+    result["audit_warnings"] = check_against_accountant(result["audit"], record["privacy"], cell)
+    # What of this evaluation the cell's guarantee does not cover (the record's list: clean-data figures,
+    # exact training counts, the audits themselves).
+    result["outside_guarantee"] = record["privacy"].get("outside_guarantee") or {}
     with atomic_outputs(out_json) as (tmp,):
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.write_text(json_text(result))
     _log_result(result)
     return result
 
@@ -146,14 +149,18 @@ def _log_result(result: Mapping[str, Any]) -> None:
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    def lower_bound(audit: Mapping[str, Any]) -> str:
-        found = audit.get("epsilon") or audit  # the one-run audit carries its bound at the top level
-        return f"epsilon >= {fmt(found.get('epsilon_lb'))} (could show at most {fmt(found.get('epsilon_ceiling'))})"
+    def estimate(audit: Mapping[str, Any]) -> str:
+        found = audit.get("epsilon") or {}
+        return (
+            f"epsilon estimate {fmt(found.get('epsilon_estimate'))} (not a bound; at most "
+            f"{fmt(found.get('epsilon_estimate_ceiling'))} with this sample)"
+        )
 
     audits = "; ".join(
-        f"{k}: {v['correct']} of {v['guesses_in'] + v['guesses_out']} guesses right, {lower_bound(v)}"
+        f"{k}: {v['correct']} of {v['guesses_in'] + v['guesses_out']} guesses right, epsilon >= "
+        f"{fmt(v.get('epsilon_lb'))} (could show at most {fmt(v.get('epsilon_ceiling'))})"
         if k == "canaries"
-        else f"{k}: AUC {fmt(v.get('auc'))} (0.5 = chance), {lower_bound(v)}"
+        else f"{k}: AUC {fmt(v.get('auc'))} (0.5 = chance), {estimate(v)}"
         for k, v in result["audit"].items()
     )
     accuracy, auroc = result["test"]["accuracy"], result["test"]["auroc"]

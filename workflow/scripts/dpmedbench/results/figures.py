@@ -152,7 +152,7 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
     ...                                    "neighbourhood_pixels": [None, 16]})))
     ε for any change to ≤ 16 pixels of one training image
     Local-DP: pure ε of each noisy image
-    DP-SGD: the model's ε for replacing one image (RDP, group of 2), δ = 0.0001
+    DP-SGD: the model's ε for replacing one image (replace-one PLD), δ = 0.0001
     """
     m = sorted({int(v) for v in pd.to_numeric(cells.get("neighbourhood_pixels"), errors="coerce").dropna()})
     families = set(cells["mechanism"].map(family))
@@ -164,7 +164,7 @@ def _epsilon_label(cells: pd.DataFrame) -> str:
     if not dp.empty:
         deltas = sorted(pd.to_numeric(dp["delta"], errors="coerce").dropna().unique())
         record = f", δ = {'/'.join(f'{d:g}' for d in deltas)}" if deltas else ""
-        parts.append(f"DP-SGD: the model's ε for replacing one image (RDP, group of 2){record}")
+        parts.append(f"DP-SGD: the model's ε for replacing one image (replace-one PLD){record}")
     return "\n".join([head, *parts])
 
 

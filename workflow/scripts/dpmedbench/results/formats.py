@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 LATEX = {
     "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "±": r"$\pm$", "ε": r"$\varepsilon$", "β": r"$\beta$",
     "δ": r"$\delta$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "–": "--",
-    "—": "---", "†": r"\textdagger{}", "→": r"$\rightarrow$", "…": r"\ldots{}", "·": r"$\cdot$",
+    "—": "---", "†": r"\textdagger{}", "‡": r"\textdaggerdbl{}", "→": r"$\rightarrow$", "…": r"\ldots{}",
+    "·": r"$\cdot$",
 }  # fmt: skip
 
 

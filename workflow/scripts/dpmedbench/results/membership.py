@@ -6,6 +6,7 @@ models, and the check that no empirical bound exceeds what the accountant promis
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ..core.tensors import Split
 from ..ldp.mechanisms import LdpParams, noisy_batch, storage_of, store
 from .attacks import lira_attack, loss_attack
 from .inference import Losses, load_model, predict
+
+log = logging.getLogger(__name__)
 
 #: The delta of the empirical epsilon bounds of cells whose guarantee has none (no privacy, the authors' shift).
 AUDIT_DELTA = 1e-5
@@ -44,23 +47,40 @@ def audit_delta(privacy: Mapping[str, Any]) -> float:
     return float(delta) if delta is not None else AUDIT_DELTA
 
 
-def check_against_accountant(audits: Mapping[str, Any], privacy: Mapping[str, Any], cell: Mapping[str, Any]) -> None:
-    """An empirical lower bound above a DP-SGD cell's accounted epsilon means the training or the accounting is
-    wrong: stop rather than publish both. Each audit is held to the epsilon of its membership question
-    (:meth:`PrivacyRecord.membership_epsilon`; the canaries are privacy units of their own)."""
+def check_against_accountant(
+    audits: Mapping[str, Any], privacy: Mapping[str, Any], cell: Mapping[str, Any]
+) -> list[str]:
+    """Hold a DP-SGD cell's audits to its accounted epsilon (:meth:`PrivacyRecord.membership_epsilon`; the
+    canaries are privacy units of their own). A valid lower bound above it (the one-run canary audit: membership
+    randomised) means the training or the accounting is wrong: stop rather than publish both. A membership
+    estimate above it (fixed members against held-out images) contradicts nothing: returned as a warning that
+    says why it can happen."""
     if privacy.get("mechanism") != "dpsgd" or privacy.get("epsilon") is None:
-        return
-    record = PrivacyRecord.from_json(privacy)
+        return []
+    record, warnings = PrivacyRecord.from_json(privacy), []
     for name, audit in audits.items():
-        lb = (audit.get("epsilon") or audit).get("epsilon_lb")
         accounted = record.membership_epsilon(own_unit=name == "canaries")
-        if lb is not None and accounted is not None and lb > accounted + 1e-9:
-            raise TrainingError(
-                f"{cell}: the {name} audit's empirical epsilon lower bound {lb:.3f} exceeds the accounted epsilon "
-                f"{accounted:.3f} ({privacy.get('accountant')}, delta {privacy.get('delta')}): DP-SGD cannot "
-                f"have given this model its guarantee. This is a bug in the training or the accounting; do not "
-                f"publish this cell"
+        if name == "canaries":
+            lb = audit.get("epsilon_lb")
+            if lb is not None and accounted is not None and lb > accounted + 1e-9:
+                raise TrainingError(
+                    f"{cell}: the canary audit's empirical epsilon lower bound {lb:.3f} exceeds the accounted "
+                    f"epsilon {accounted:.3f} ({privacy.get('accountant')}, delta {privacy.get('delta')}): DP-SGD "
+                    "cannot have given this model its guarantee. This is a bug in the training or the accounting; "
+                    "do not publish this cell"
+                )
+            continue
+        estimate = (audit.get("epsilon") or {}).get("epsilon_estimate")
+        if estimate is not None and accounted is not None and estimate > accounted + 1e-9:
+            warnings.append(
+                f"the {name} audit's epsilon estimate {estimate:.3f} exceeds the accounted epsilon {accounted:.3f}: "
+                "not a contradiction, since its membership was not randomised - the training and held-out images "
+                "can differ in population (distribution shift), which the attack then detects instead of "
+                "membership; only the canary audit bounds epsilon"
             )
+    for warning in warnings:
+        log.warning("%s: %s", cell, warning)
+    return warnings
 
 
 def noised_like_copy(split: Split, privacy: Mapping[str, Any], *, dataset: str, seed: int) -> Split:

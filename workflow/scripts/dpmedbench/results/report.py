@@ -3,7 +3,6 @@ configuration as a result. Written by their own rules, from ``results/summary.cs
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.console import headline
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, json_text
 
 
 def landing_page(
@@ -47,7 +46,7 @@ def write_configuration(
     """
     from html import escape
 
-    text = json.dumps(config, indent=2, sort_keys=True)
+    text = json_text(config, sort_keys=True).rstrip("\n")
     page = (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body style="font-family:sans-serif">\n'
         "<p>The configuration of this run, with the schema's defaults filled in. Settings that change only speed "

@@ -36,11 +36,12 @@ TABLE_METRICS = {
     "test_quadratic_kappa": "QWK",
     "audit_auc": "MIA AUC",
     "audit_tpr_at_1pct_fpr": "MIA TPR at 1% FPR",
-    "audit_epsilon_lb": "MIA ε lower bound",
-    "audit_epsilon_ceiling": "ε bound ceiling",
+    "audit_tpr_at_01pct_fpr": "MIA TPR at 0.1% FPR",
+    "audit_epsilon_estimate": "MIA ε estimate",
+    "audit_epsilon_estimate_ceiling": "estimate ceiling",
     "audit_lira_auc": "LiRA AUC",
     "audit_lira_tpr_at_1pct_fpr": "LiRA TPR at 1% FPR",
-    "audit_lira_epsilon_lb": "LiRA ε lower bound",
+    "audit_lira_epsilon_estimate": "LiRA ε estimate",
     "audit_canary_epsilon_lb": "canary ε lower bound",
 }
 
@@ -49,10 +50,11 @@ TABLE_METRICS = {
 OPTIONAL_METRICS = (
     "audit_lira_auc",
     "audit_lira_tpr_at_1pct_fpr",
-    "audit_lira_epsilon_lb",
+    "audit_lira_epsilon_estimate",
+    "audit_tpr_at_01pct_fpr",
     "epsilon_patient",
-    "audit_epsilon_lb",
-    "audit_epsilon_ceiling",
+    "audit_epsilon_estimate",
+    "audit_epsilon_estimate_ceiling",
     "audit_canary_epsilon_lb",
 )
 
@@ -67,6 +69,10 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         row["train_outside_guarantee"] = bool(outside.astype(str).str.lower().eq("true").any())
         units = group["privacy_unit"].dropna().unique() if "privacy_unit" in group else []
         row["privacy_unit"] = "/".join(sorted(map(str, units))) or "–"
+        sources = group["noise_source"] if "noise_source" in group else pd.Series(dtype=str)
+        row["seeded"] = bool(sources.astype(str).eq("seeded").any())
+        secret = pd.to_numeric(group.get("epsilon_if_seed_secret", pd.Series(dtype=float)), errors="coerce")
+        row["epsilon_if_seed_secret_mean"] = secret.mean() if secret.notna().any() else np.nan
         for col in TABLE_METRICS:
             values = pd.to_numeric(group[col], errors="coerce").dropna()
             row[f"{col}_mean"] = values.mean() if len(values) else np.nan
@@ -106,6 +112,10 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
         out[label + (" (%)" if percent else "")] = [
             _cell(m, s, percent) for m, s in zip(table[f"{col}_mean"], table[f"{col}_sd"], strict=True)
         ]
+    out["ε"] = [
+        f"none: seeded ({secret:.3g} if the seed were secret){SEEDED_MARK}" if seeded and not pd.isna(secret) else text
+        for text, seeded, secret in zip(out["ε"], table["seeded"], table["epsilon_if_seed_secret_mean"], strict=True)
+    ]
     out.insert(out.columns.get_loc("ε") + 1, "ε per", table["privacy_unit"])
     out["train acc (%)"] = [
         text + (OUTSIDE_MARK if outside and text != "–" else "")
@@ -115,6 +125,11 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 
 OUTSIDE_MARK = " †"
+SEEDED_MARK = " ‡"
+SEEDED_NOTE = (
+    "‡ noise drawn from the published seed (noise_source: seeded): anyone with the configuration can recreate and "
+    "remove it, so the cell has no guarantee."
+)
 
 
 OUTSIDE_NOTE = (
@@ -184,11 +199,14 @@ def write_tables(*, summary_csv: str | os.PathLike[str], main: Sequence[str], pa
         "Results per dataset, mechanism and β: mean ± sd over seeds; accuracies at the epoch of best "
         f"validation accuracy, except the authors' max test accuracy over epochs. {_epsilon_caption(summary)} "
         "The membership-inference (MIA, LiRA) figures use the training images: they measure the guarantee and are "
-        "not covered by it. Their ε lower bounds (95 %, threshold chosen on half of the images) estimate the leakage "
-        "the attack shows; the ceiling is the most the sample sizes could show, whatever the attack. TPR at 1 % FPR "
-        "is left empty where fewer than 100 non-members cannot resolve a 1 % false-positive rate. The canary "
-        "bound (one-run audit, when canaries ran) is for a model trained with canaries, not the released one. "
-        + OUTSIDE_NOTE,
+        "not covered by it. Their ε estimates (the 95 % Clopper-Pearson statistic, threshold chosen on half of the "
+        "images) are not lower bounds: membership was not randomised, and training and held-out images may differ in "
+        "population; the ceiling is the most the sample sizes could show, whatever the attack. TPR at 1 % (0.1 %) FPR "
+        "is left empty where fewer than 100 (1,000) non-members cannot resolve that false-positive rate. The canary "
+        "ε lower bound (one-run audit, when canaries ran: membership randomised, a valid bound) is for a model "
+        "trained with canaries, not the released one. "
+        + OUTSIDE_NOTE
+        + (" " + SEEDED_NOTE if table["seeded"].any() else ""),
         [Path(p) for p in main],
     )
     comparison = paper_comparison(table)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ import torch
 
 from ..core.errors import TrainingError
 from ..core.names import data_provenance, family, groups_are_patients
+from ..core.noisekey import key_id
 from ..core.runtime import Interrupted, StopFlag, cpu_threads, derive_seed, pick_device, scheduler_record, versions
 from ..core.settings import CellConfig, DPSettings
 from ..core.tensors import Preprocess, Split, load_split, read_groups, read_labels
@@ -56,23 +58,21 @@ def train_cell(
     threads: int = 1,
     train_subset: np.ndarray | None = None,
     reference: int | None = None,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """Train a cell and write ``history.csv``, ``best.pt``, ``last.pt`` and ``metrics.json`` into ``out_dir``.
 
     ``data_info``: the prepared data's ``info.json`` (where it came from: are its groups patients?).
     ``fingerprint`` identifies the settings and code: a ``resume.pt`` left by an interrupted run is used only if
     it carries the same one. ``train_subset``: indices of the training images to use, and ``reference`` the
-    index, of a reference model of the calibrated audit (part of its random streams' identity).
+    index, of a reference model of the calibrated audit (part of its random streams' identity). ``key``: the secret
+    noise key, which keyed DP-SGD noise and canaries need (:mod:`dpmedbench.core.noisekey`).
     """
-    torch.set_num_threads(cpu_threads(threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(config.device)
+    out, device = _start(out_dir, threads=threads, device=config.device)
     splits = _load_splits(train, val, test, val_clean, device, train_subset)
     classes = _classes(splits, train[0], val[0])
     identity = (config.dataset, config.mechanism, config.beta, config.seed)
-    streams = Streams(*identity, *(() if reference is None else ("reference", reference)))
+    streams = Streams(*identity, *(() if reference is None else ("reference", reference)), key=key)
     canaries = _canaries(config, splits, classes, streams, audited=reference is None and train_subset is None)
     data = _training_data(train[1], train_subset, ldp_privacy, data_info, dataset=config.dataset, canaries=canaries)
     plan = plan_for(config.mechanism)(config, data=data, streams=streams)
@@ -110,6 +110,15 @@ def _log_outcome(metrics: Mapping[str, Any]) -> None:
         "best epoch %d: val acc %.4f, test acc %.4f; best test acc over epochs %.4f (epoch %d, optimistic)",
         *(metrics[k] for k in ("best_epoch", "val_acc", "test_acc", "test_acc_max", "test_acc_max_epoch")),
     )
+
+
+def _start(out_dir: str | os.PathLike[str], *, threads: int, device: str) -> tuple[Path, torch.device]:
+    """The output folder (created) and the device of a run; PyTorch's threads and deterministic algorithms set."""
+    torch.set_num_threads(cpu_threads(threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, pick_device(device)
 
 
 def _fit(
@@ -180,6 +189,15 @@ def _load_splits(
     return splits
 
 
+def _canary_seed(config: CellConfig, streams: Streams) -> int:
+    """The canaries' draw (which images, their wrong labels, which are included), from the same source as the
+    DP-SGD noise: the key, the operating system, or the published seed."""
+    source = config.dpsgd.noise_source
+    if source == "keyed":
+        return streams.secret_seed("canaries")
+    return secrets.randbits(63) if source == "os" else streams.seed_for("canaries")
+
+
 def _canaries(
     config: CellConfig, splits: dict[str, Split], classes: int, streams: Streams, *, audited: bool
 ) -> Canaries | None:
@@ -191,7 +209,7 @@ def _canaries(
         log.info("canaries: none in a reference model or a training subset (only the cell itself is audited)")
         return None
     labels = splits["train"].labels.cpu().numpy()
-    canaries = choose_canaries(labels, config.canaries, classes=classes, seed=streams.seed_for("canaries"))
+    canaries = choose_canaries(labels, config.canaries, classes=classes, seed=_canary_seed(config, streams))
     splits["train"] = canaries.apply(splits["train"])
     log.info(
         "canaries: %d training images given a wrong label, %d of them trained on (each with probability 1/2); "
@@ -296,6 +314,7 @@ def run_reference(
     index: int,
     threads: int,
     execution: Mapping[str, Any] | None = None,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """Snakemake entry point of a reference model: the cell's training on a random half of its training split
     (:func:`reference_members`), then ``members.npy`` (the mask) beside the usual outputs."""
@@ -311,6 +330,7 @@ def run_reference(
         out_dir=out_dir,
         threads=threads,
         execution=execution,
+        key=key,
         train_subset=np.flatnonzero(members),
         reference=index,
     )
@@ -329,13 +349,17 @@ def run_cell(
     execution: Mapping[str, Any] | None = None,
     train_subset: np.ndarray | None = None,
     reference: int | None = None,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """Snakemake entry point: ``settings`` is the rule's ``cell`` param (what decides the result), ``execution``
     the speed-only settings read from the configuration when the job runs (``device``, ``eval_batch``,
     ``max_physical_batch``, ``dp_max_physical_batch``), ``inputs`` the rule's named inputs."""
     settings = dict(settings)
     subset = None if train_subset is None else np.asarray(train_subset).tolist()
-    fingerprint = hashlib.sha256(json.dumps([settings, code, subset, reference], sort_keys=True).encode()).hexdigest()
+    keyed = key_id(key) if key is not None else None  # a new key makes a run that cannot resume an old one
+    fingerprint = hashlib.sha256(
+        json.dumps([settings, code, subset, reference, keyed], sort_keys=True).encode()
+    ).hexdigest()
     dp_settings = dict(settings.pop("dpsgd", {}))
     execution = dict(execution or {})
     if "dp_max_physical_batch" in execution:
@@ -360,4 +384,5 @@ def run_cell(
         out_dir=out_dir,
         fingerprint=fingerprint,
         threads=threads,
+        key=key,
     )

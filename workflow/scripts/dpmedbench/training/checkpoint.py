@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import pickle
 from collections.abc import Mapping
@@ -13,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, json_text
 from .plans import Plan
 
 log = logging.getLogger(__name__)
@@ -111,7 +109,7 @@ def write_outputs(
         torch.save({"model": state.best_model, "epoch": state.best_row["epoch"], **meta}, best_tmp)
         last = {"model": model.state_dict(), "accountant": [], **plan.state_dict(), "epoch": state.epoch}
         torch.save({**last, **meta}, last_tmp)
-        metrics_tmp.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+        metrics_tmp.write_text(json_text(metrics))
     for name in (RESUME, RESUME_BEST):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
@@ -119,9 +117,3 @@ def write_outputs(
 
 def _device_of(model: nn.Module) -> str:
     return next(model.parameters()).device.type
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..core.errors import TrainingError
 from ..core.names import PLAN_MODULES, family, ldp_mechanism
-from ..core.privacy import NO_PRIVACY, PrivacyRecord
+from ..core.noisekey import NoiseKeyError, keyed_seed
+from ..core.privacy import CLEAN_CELL_OUTPUTS, NO_PRIVACY, PrivacyRecord
 from ..core.runtime import derive_seed
 from ..core.settings import CellConfig
 
@@ -47,13 +48,28 @@ class Streams:
     True
     >>> s.seed_for(1, "noise") != Streams("chest_xray", "dpsgd", 2.0, 0).seed_for(1, "noise") != s.seed_for(1, "sample")
     True
+
+    With the secret noise ``key``, :meth:`secret_seed` gives the streams a guarantee depends on (DP-SGD's noise
+    and Poisson masks, the canaries), which nobody without the key can recreate:
+
+    >>> k = Streams("chest_xray", "dpsgd", 1.0, 0, key=bytes(32))
+    >>> k.secret_seed(1, "noise") == Streams("chest_xray", "dpsgd", 1.0, 0, key=bytes(32)).secret_seed(1, "noise")
+    True
+    >>> k.secret_seed(1, "noise") != Streams("chest_xray", "dpsgd", 1.0, 0, key=b"x" * 32).secret_seed(1, "noise")
+    True
     """
 
-    def __init__(self, *identity: object) -> None:
-        self.identity = identity
+    def __init__(self, *identity: object, key: bytes | None = None) -> None:
+        self.identity, self.key = identity, key
 
     def seed_for(self, *purpose: object) -> int:
         return derive_seed(*self.identity, *purpose)
+
+    def secret_seed(self, *purpose: object) -> int:
+        """A 63-bit seed from the noise key, the run's identity and ``purpose`` (HMAC-SHA256)."""
+        if self.key is None:
+            raise NoiseKeyError("noise_source 'keyed' needs the noise key (noise_key), and none was given")
+        return keyed_seed(self.key, "training", *self.identity, *purpose)
 
     def generator(self, *purpose: object, device: torch.device | str = "cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed_for(*purpose))
@@ -197,8 +213,10 @@ class LocalDPPlan(Plan):
         return f"ldp: {self.copy_record.mechanism} copy, batches of {self.config.batch_size}, shuffled"
 
     def privacy(self) -> PrivacyRecord:
+        outside = {**self.copy_record.details.get("outside_guarantee", {}), **CLEAN_CELL_OUTPUTS}
         return replace(
             self.copy_record,
             scope="local: each noisy training and validation image is released; the model is post-processing "
-            "of the noisy copies",
+            "of the noisy copies (what is computed from the clean images is listed in outside_guarantee)",
+            details={**self.copy_record.details, "outside_guarantee": outside},
         )

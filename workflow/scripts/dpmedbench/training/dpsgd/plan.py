@@ -14,6 +14,7 @@ the sum is clipped (user-level DP-SGD), so the accountant's epsilon holds per pa
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any
 
@@ -21,13 +22,17 @@ import torch
 from torch import nn
 
 from ...core.errors import TrainingError
-from ...core.privacy import PrivacyRecord
+from ...core.noisekey import NoiseKeyError, key_id
+from ...core.privacy import PrivacyRecord, guarantee_of
 from ...core.settings import CellConfig
 from ..plans import Fetch, Plan, RunningStats, Streams, TrainingData, register_plan
 from . import accounting as acc
 from .gradsample import make_grad_sampler, validate_for_dp
 from .sampling import PoissonBatches
 from .step import make_optimizer, noisy_step
+
+#: Why a DP-SGD cell has no epsilon: a step ran with noise multiplier 0 (its figures are null in every record).
+NOISELESS = "a step ran with noise multiplier 0: no noise, so no epsilon bounds the model (it is unbounded)"
 
 
 @register_plan
@@ -43,6 +48,8 @@ class DPSGDPlan(Plan):
                 "dpsgd.privacy_unit 'patient' clips each patient's summed gradient; 'bk' clips per image and cannot "
                 "(the ghost norm of a sum needs the cross terms between its images): use 'ew', 'hooks' or 'vmap'"
             )
+        if self.dp.noise_source == "keyed" and streams.key is None:
+            raise NoiseKeyError("dpsgd.noise_source 'keyed' needs the noise key (noise_key), and none was given")
         self.q, self.steps_per_epoch = self.batches.q, self.batches.steps_per_epoch
         self.sigma = self.dp.noise_multiplier
         if self.sigma is None:
@@ -90,7 +97,11 @@ class DPSGDPlan(Plan):
         )
 
     def _seed(self, epoch: int, purpose: str) -> int:
-        return secrets.randbits(63) if self.dp.noise_source == "os" else self.streams.seed_for(epoch, purpose)
+        if self.dp.noise_source == "os":
+            return secrets.randbits(63)
+        if self.dp.noise_source == "keyed":
+            return self.streams.secret_seed(epoch, purpose)
+        return self.streams.seed_for(epoch, purpose)
 
     def start_epoch(self, epoch: int) -> list[torch.Tensor]:
         self.noise.manual_seed(self._seed(epoch, "noise"))
@@ -111,7 +122,10 @@ class DPSGDPlan(Plan):
         self.history = acc.account(self.history, self.sigma, self.q)
 
     def end_epoch(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"epsilon_rdp": acc.epsilon(self.history, delta=self.dp.delta, accountant="rdp")}
+        seeded = self.dp.noise_source == "seeded"  # noise anyone can recreate: no epsilon so far either
+        row: dict[str, Any] = {
+            "epsilon_rdp": None if seeded else acc.epsilon(self.history, delta=self.dp.delta, accountant="rdp")
+        }
         if self.dp.train_metrics == "exact":
             row["train_outside_guarantee"] = True
         return row
@@ -127,12 +141,14 @@ class DPSGDPlan(Plan):
         spent = {a: acc.epsilon(self.history, delta=self.dp.delta, accountant=a) for a in acc.ACCOUNTANTS}
         eps, given, unit = spent[self.dp.accountant], self.dp.noise_multiplier is not None, self.dp.privacy_unit
         figures = {"delta": self.dp.delta, "unit": unit}
-        return PrivacyRecord(
+        bounded = math.isfinite(eps)
+        record = PrivacyRecord(
             mechanism="dpsgd",
-            epsilon=eps,
+            epsilon=eps if bounded else None,
+            epsilon_reason=None if bounded else NOISELESS,
             delta=self.dp.delta,
             accountant=self.dp.accountant,
-            formal_guarantee=True,
+            formal_guarantee=bounded,
             unit=unit,
             scope=f"{unit}-level (add/remove one training {unit} with all its images), the whole training run"
             if unit == "patient"
@@ -162,3 +178,5 @@ class DPSGDPlan(Plan):
                 "outside_guarantee": acc.outside_guarantee(self.dp.train_metrics),
             },
         )
+        keyed = self.dp.noise_source == "keyed" and self.streams.key is not None
+        return guarantee_of(record, self.dp.noise_source, key_id(self.streams.key) if keyed else None)
