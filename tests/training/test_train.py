@@ -548,3 +548,13 @@ def test_a_seeded_dp_sgd_cell_claims_no_guarantee(data, tmp_path):
     with pytest.raises(NoiseKeyError, match="needs the noise key"):
         train_cell(tiny("dpsgd"), train=data["train"], val=data["val"], test=data["test"], out_dir=tmp_path / "n")
     assert not (tmp_path / "n" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("mechanism", ["none", "dpsgd"])
+def test_a_diverged_run_stops_and_publishes_nothing(data, tmp_path, mechanism):
+    """A non-finite loss (here from a NaN learning rate that bypassed the configuration's checks) stops the cell
+    after the epoch with a named error; no declared output appears, so no 50 % 'result' is ever recorded."""
+    with pytest.raises(TrainingError, match=r"epoch 1: \w+_loss is nan: training diverged"):
+        train_cell(tiny(mechanism, lr=float("nan")), train=data["train"], val=data["val"], test=data["test"],
+                   out_dir=tmp_path / "cell", key=TEST_KEY)  # fmt: skip
+    assert not (tmp_path / "cell" / "metrics.json").exists() and not (tmp_path / "cell" / "best.pt").exists()

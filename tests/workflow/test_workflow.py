@@ -560,6 +560,15 @@ def test_bad_config_stops_before_any_job(workdir):
     assert "datasets.aptos: Additional properties are not allowed ('val_fracton' was unexpected)" in proc.stderr
 
 
+def test_a_non_finite_setting_stops_the_run_before_any_job(workdir):
+    """`lr: .nan` passed the schema (NaN satisfies every minimum) and "trained" a cell to a recorded 50 %."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["datasets"]["chest_xray"]["train"]["lr"] = float("nan")
+    proc = snakemake(workdir, "-n", config=config, check=False)
+    assert proc.returncode != 0 and "datasets.chest_xray.train.lr: nan is not a finite number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_corrupt_image_fails_with_its_name_and_no_output(workdir, tmp_path):
     aptos = synth.make_aptos_archive(tmp_path / "aptos.zip", images_per_grade=6, seed=4)
     with zipfile.ZipFile(aptos) as zf:

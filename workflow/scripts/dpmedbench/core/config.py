@@ -7,7 +7,9 @@ problem at once with the dotted path of the offending key.
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
     """
     schema = load_schema() if schema is None else schema
     _normalise(config)
+    _check_values(config)
     validator = _Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -86,6 +89,41 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
         raise ConfigError("invalid configuration:\n" + "\n".join(lines))
     _check_semantics(config)
     return config
+
+
+#: Characters no configured string may hold: markup (a path reaches the HTML report) and control characters.
+_UNSAFE = re.compile(r"[<>\x00-\x1f\x7f]")
+
+
+def _check_values(node: Any, path: str = "") -> None:
+    """Refuse, with the key's path, what a JSON schema's bounds let through: a number that is NaN or infinite
+    (NaN passes every ``minimum``), and a string with markup or control characters (configured paths reach the
+    report's HTML).
+
+    >>> _check_values({"dpsgd": {"max_grad_norm": float("nan")}})
+    Traceback (most recent call last):
+    ...
+    dpmedbench.core.errors.ConfigError: invalid configuration:
+      dpsgd.max_grad_norm: nan is not a finite number
+    >>> _check_values({"betas": [1, float("inf")]})
+    Traceback (most recent call last):
+    ...
+    dpmedbench.core.errors.ConfigError: invalid configuration:
+      betas[1]: inf is not a finite number
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_values(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_values(value, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"invalid configuration:\n  {path}: {node} is not a finite number")
+    elif isinstance(node, str) and _UNSAFE.search(node):
+        raise ConfigError(
+            f"invalid configuration:\n  {path}: {node!r} holds '<', '>' or a control character, which no setting "
+            "may (paths reach the HTML report); rename the file or folder"
+        )
 
 
 def _normalise(config: dict[str, Any]) -> None:

@@ -33,3 +33,7 @@ class CredentialsError(DownloadError):
 
 class TrainingError(DPMedBenchError):
     """The data or the settings of a cell cannot be trained on (or evaluated)."""
+
+
+class DamagedOutputError(DPMedBenchError):
+    """An output of the pipeline is damaged (truncated, not what its job writes); rebuilding it is the fix."""

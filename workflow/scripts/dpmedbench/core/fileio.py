@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _HOST = socket.gethostname().replace("-", "_") or "host"
@@ -119,21 +122,38 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+#: How a folder's listing is hashed (:func:`tree_digest`); cached digests of another scheme are recomputed.
+TREE_SCHEME = "length-prefixed v2"
+
+
 def tree_digest(root: str | os.PathLike[str]) -> str:
-    """SHA-256 of a folder: the hash of its ``sha256sum``-style listing (``<sha256>  <relative path>``
-    lines, sorted by path). Two folders with the same files at the same places give the same digest."""
+    r"""SHA-256 of a folder: of every file, sorted by relative path, the path's length and bytes and the file's
+    SHA-256, each field length-prefixed, so that no two different folders share a listing (a newline or any
+    other character in a file name cannot make one folder's listing read as another's).
+
+    >>> import tempfile
+    >>> a, b = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+    >>> _ = (a / "x\n0000  y").write_text(""), (b / "x").write_text(""), (b / "y").write_text("")
+    >>> tree_digest(a) != tree_digest(b)
+    True
+    """
     root = Path(root)
-    lines = []
+    h = hashlib.sha256(TREE_SCHEME.encode() + b"\0")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        lines.append(f"{file_digest(path)}  {path.relative_to(root).as_posix()}\n")
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+        name = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
+        digest = bytes.fromhex(file_digest(path))
+        h.update(len(name).to_bytes(8, "little") + name + len(digest).to_bytes(8, "little") + digest)
+    return h.hexdigest()
 
 
 def source_digest(path: str | os.PathLike[str]) -> dict[str, str]:
     """SHA-256 of an archive file, or of a folder's listing; says which it is."""
     path = Path(path)
     if path.is_dir():
-        return {"sha256": tree_digest(path), "sha256_of": "folder listing (sha256sum of every file, sorted)"}
+        return {
+            "sha256": tree_digest(path),
+            "sha256_of": f"folder listing ({TREE_SCHEME}: every file's path and SHA-256, sorted)",
+        }
     return {"sha256": file_digest(path), "sha256_of": "file"}
 
 
@@ -159,12 +179,43 @@ def cached_source_digest(path: str | os.PathLike[str], cache: str | os.PathLike[
     an unchanged archive is not read again; any change to it is hashed anew."""
     cache = Path(cache)
     key = identity_key(path)
-    try:
-        known = json.loads(cache.read_text())
-    except (FileNotFoundError, ValueError):
-        known = {}
+    known = _read_cache(cache)
+    if key in known and Path(path).is_dir() and known[key].get("scheme") != TREE_SCHEME:
+        log.warning(
+            "%s: folder digest of an older scheme in %s: hashing the folder again (%s)", path, cache, TREE_SCHEME
+        )
+        del known[key]
     if key not in known:
         known = {k: v for k, v in known.items() if v.get("path") != str(Path(path).resolve())}
-        known[key] = {**source_digest(path), "path": str(Path(path).resolve())}
+        known[key] = {**source_digest(path), "path": str(Path(path).resolve()), "scheme": TREE_SCHEME}
         write_json(cache, known)
     return {k: known[key][k] for k in ("sha256", "sha256_of")}
+
+
+def _read_cache(cache: Path) -> dict[str, dict[str, str]]:
+    """The digest cache, or an empty one where it is missing; a damaged cache (not a JSON object of records) is
+    set aside with a note and rebuilt: it only saves time."""
+    try:
+        known = json.loads(cache.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        known = None
+    if isinstance(known, dict) and all(isinstance(v, dict) for v in known.values()):
+        return known
+    log.warning("%s: damaged digest cache (not a JSON object of records): rebuilding it", cache)
+    return {}
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON output of the pipeline; a damaged one (truncated, not JSON) is a named error that says how to rebuild
+    it, never a raw traceback."""
+    from .errors import DamagedOutputError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise DamagedOutputError(
+            f"{path}: damaged, not JSON ({exc}); delete it and run snakemake again, which rebuilds it (or "
+            f"snakemake --force {path})"
+        ) from None

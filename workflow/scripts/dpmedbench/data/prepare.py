@@ -14,7 +14,6 @@ For a dataset it writes, into one folder, and only once everything has succeeded
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections import Counter
@@ -26,7 +25,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import ChecksumError, LayoutError
-from ..core.fileio import atomic_outputs, json_text, source_digest
+from ..core.fileio import atomic_outputs, json_text, read_json, source_digest
 from ..core.names import CHANNELS, SPLITS, is_medmnist
 from .archive import Archive
 from .decode import decode_members, event_notes, resize_array
@@ -105,7 +104,7 @@ def prepare_dataset(
     ``info.json`` records ``source`` (the ``source.json`` of the fetch) and ``read``: the SHA-256 of the archive
     as it was read here, computed again, so it describes the data in the arrays whatever happened since the fetch.
     """
-    source = json.loads(Path(source_json).read_text())
+    source = read_json(source_json)
     channels = CHANNELS[dataset]
     paths = output_paths(out_dir)
     log.info("%s: preparing from %s (%s)", dataset, source["path"], source["source"])

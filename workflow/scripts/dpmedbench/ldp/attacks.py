@@ -18,18 +18,16 @@ disjoint from the evaluated ones: an attacker who knows beta can tune the same w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from ..core.fileio import atomic_outputs, json_text
+from ..core.fileio import atomic_outputs, json_text, read_json
 from ..core.seeds import derive_seed
 from .mechanisms import decode_stored
 from .quality import psnr, ssim
@@ -225,7 +223,7 @@ def attack_copies(
     quality_images: int,
 ) -> dict[str, Any]:
     """Snakemake entry point: both attacks on every noisy split of one copy, written to ``out_json``."""
-    privacy = json.loads(Path(privacy_json).read_text())
+    privacy = read_json(privacy_json)
     result: dict[str, Any] = {
         "dataset": dataset,
         "beta": beta,

@@ -3,12 +3,10 @@ Local-DP stage wrote."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -17,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..core.fileio import read_json
 from ..core.names import data_provenance, ldp_cell_mechanism, mechanism_label
 from ..core.plotting import save_figure
 from .mechanisms import MECHANISMS, decode_stored
@@ -159,7 +158,7 @@ def figure2(
     are never called Kermany's). Returns the index shown.
     """
     clean = np.load(clean_npy, mmap_mode="r")
-    records = [json.loads(Path(p).read_text()) for p in privacy_jsons]
+    records = [read_json(p) for p in privacy_jsons]
     arrays = [np.load(copy, mmap_mode="r") for copy in copies]
     for path, array in zip(copies, arrays, strict=True):
         if array.shape != clean.shape:
@@ -178,7 +177,7 @@ def figure2(
         found = {float(r["beta"]): (r, a) for r, a in zip(records, arrays, strict=True) if r["mechanism"] == mechanism}
         panels, titles = _row_panels(found, betas, index, clean_panel, what=f"Figure 2 of {dataset}: no {mechanism}")
         _draw_row(axes[row], panels, titles, mechanism_label(ldp_cell_mechanism(mechanism)), cmap)
-    what = data_provenance(dataset, json.loads(Path(data_info).read_text()))["description"] if data_info else dataset
+    what = data_provenance(dataset, read_json(data_info))["description"] if data_info else dataset
     fig.suptitle(
         textwrap.fill(
             f"{_NAMES.get(dataset, dataset)} training image {index} of {len(clean)} ({how})"

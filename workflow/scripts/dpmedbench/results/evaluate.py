@@ -4,17 +4,15 @@ trained with canaries, the one-run audit (:mod:`.canaryaudit`). Writes ``evaluat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..core.fileio import atomic_outputs, json_text
+from ..core.fileio import atomic_outputs, json_text, read_json
 from ..core.names import family
 from ..core.runtime import cpu_threads, derive_seed, pick_device
 from ..core.tensors import Preprocess, Split, load_split
@@ -46,7 +44,7 @@ def evaluate_cell(
     audit's noised non-members) derive from the cell's identity and ``seed``."""
     torch.set_num_threads(cpu_threads(threads))
     dev = pick_device(device)
-    record = json.loads(Path(metrics).read_text())
+    record = read_json(metrics)
     cell = record["cell"]
     model, prep, best_epoch = load_model(best, dev)
     seed = derive_seed(cell["dataset"], cell["mechanism"], cell["beta"], cell["seed"], seed)  # this cell's own

@@ -5,16 +5,15 @@ models, and the check that no empirical bound exceeds what the accountant promis
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.errors import TrainingError
+from ..core.fileio import read_json
 from ..core.names import family
 from ..core.privacy import PrivacyRecord
 from ..core.runtime import derive_seed
@@ -125,7 +124,7 @@ def loss_audits(
         audit = loss_attack(clean_losses, test_loss, seed=audit_seed, delta=delta)
         sides = (train_clean, clean_losses), (test, test_loss)
         return {"members": {**audit, **AUDIT_SIDES["members"]}}, "members", sides
-    privacy = json.loads(Path(inputs["privacy"]).read_text())
+    privacy = read_json(inputs["privacy"])
     seen = split("train_seen")
     noised = noised_like_copy(test, privacy, dataset=cell["dataset"], seed=derive_seed(seed, "nm"))
     seen_losses, noised_losses = losses(seen), losses(noised)

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, read_json
 
 log = logging.getLogger(__name__)
 from ..core.names import LDP_PREFIX, dataset_order, family, mechanism_order
@@ -180,11 +178,11 @@ def write_summary(
     figures (``attacks``: the copies' ``attack.json``)."""
     copies = {}
     for path in attacks:
-        attack = json.loads(Path(path).read_text())
+        attack = read_json(path)
         copies[(attack["dataset"], LDP_PREFIX + attack["mechanism"], float(attack["beta"]))] = attack
     rows = []
     for m, e in zip(metrics, evaluations, strict=True):
-        row = summary_row(json.loads(Path(m).read_text()), json.loads(Path(e).read_text()))
+        row = summary_row(read_json(m), read_json(e))
         if family(row["mechanism"]) == "ldp":
             row.update(attack_columns(copies.get((row["dataset"], row["mechanism"], float(row["beta"])))))
         rows.append(row)

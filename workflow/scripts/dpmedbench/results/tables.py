@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.fileio import atomic_outputs
+from ..core.fileio import atomic_outputs, read_json
 from ..core.names import CONFIGURATION, dataset_order, family, mechanism_label, mechanism_order
 from .formats import html_table, write_table
 
@@ -223,13 +223,12 @@ def write_data_table(*, infos: Mapping[str, str | os.PathLike[str]], outputs: Se
     """``results/tables/data`` (.csv, .md): which data each dataset of the run is (synthetic demo images, a
     MedMNIST stand-in or the real archive), where it came from and the SHA-256 of what was read, from each
     prepared dataset's ``info.json``."""
-    import json
 
     from ..core.names import data_provenance
 
     rows = []
     for dataset, path in infos.items():
-        info = json.loads(Path(path).read_text())
+        info = read_json(path)
         p = data_provenance(dataset, info)
         counts = info.get("counts", {})
         rows.append(

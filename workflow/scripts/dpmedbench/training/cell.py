@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import TrainingError
+from ..core.fileio import read_json
 from ..core.names import data_provenance, family, groups_are_patients
 from ..core.noisekey import key_id
 from ..core.runtime import Interrupted, StopFlag, cpu_threads, derive_seed, pick_device, scheduler_record, versions
@@ -94,7 +95,7 @@ def train_cell(
         save=lambda s: save_resume(out, s, model, plan, fingerprint),
     )
     metrics = cell_metrics(config, state, plan, classes=classes, n=len(splits["train"]), device=device)
-    metrics["data"] = data_provenance(config.dataset, json.loads(Path(data_info).read_text())) if data_info else None
+    metrics["data"] = data_provenance(config.dataset, read_json(data_info)) if data_info else None
     metrics["canaries"] = canaries.to_json() if canaries else None
     metrics.update(train_subset=train_subset is not None, seconds_this_run=round(time.perf_counter() - started, 2))
     meta = {"classes": classes, "norm": plan.norm, "crop": config.crop, "normalize": config.normalize}
@@ -233,7 +234,7 @@ def _training_data(
         groups = groups[np.asarray(subset)]
     if canaries is not None:
         groups = canaries.groups(groups)
-    patients = data_info is not None and groups_are_patients(dataset, json.loads(Path(data_info).read_text())["source"])
+    patients = data_info is not None and groups_are_patients(dataset, read_json(data_info)["source"])
     return TrainingData(n=len(groups), groups=groups, groups_are_patients=patients, ldp_privacy=ldp_privacy)
 
 

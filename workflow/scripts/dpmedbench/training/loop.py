@@ -4,6 +4,7 @@ nothing about privacy mechanisms (the plan does) and reads or writes no file."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import TrainingError
 from ..core.runtime import StopFlag
 from ..core.tensors import Preprocess, Split, infer
 from .checkpoint import RunState
@@ -71,12 +73,31 @@ def fit(
         row.update(train_one_epoch(plan, train, prep, epoch=epoch, augment=augment, stop=stop))
         row.update(validate(model, holdout, prep, eval_batch))
         row.update(plan.end_epoch())
+        check_finite(row)
         row["seconds"] = round(time.perf_counter() - started, 3)
         state.record(row, model)
         on_epoch_end(state)
         spent = [r["seconds"] for r in state.history[-3:]]  # recent epochs (a resume's first epochs are gone)
         log.info("%s", format_row(row, epochs=epochs, left=(epochs - epoch) * sum(spent) / len(spent)))
     return state
+
+
+def check_finite(row: Mapping[str, Any]) -> None:
+    """Stop a run whose epoch produced a non-finite loss or accuracy (a diverged optimiser, a NaN setting or
+    input): nothing of it may be published as a result.
+
+    >>> check_finite({"epoch": 2, "train_loss": 0.5, "val_loss": float("nan"), "train_acc": None})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dpmedbench.core.errors.TrainingError: epoch 2: val_loss is nan: training diverged or a setting or input ...
+    """
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v) and not k.startswith("epsilon")]
+    if bad:
+        raise TrainingError(
+            f"epoch {row['epoch']}: {bad[0]} is {row[bad[0]]}: training diverged or a setting or input is not finite "
+            "(a learning rate too large?); nothing is published for this cell"
+        )
 
 
 def format_row(row: Mapping[str, Any], *, epochs: int | None = None, left: float | None = None) -> str:
