@@ -24,8 +24,6 @@ from typing import Any, TypeVar
 
 from .errors import DPMedBenchError
 
-#: Where the key lives unless ``noise_key`` says otherwise: under data/, outside results/ and data/ldp/.
-DEFAULT_KEY = "data/secret/noise.key"
 KEY_BYTES = 32
 T = TypeVar("T")
 

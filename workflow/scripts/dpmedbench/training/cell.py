@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -190,15 +189,6 @@ def _load_splits(
     return splits
 
 
-def _canary_seed(config: CellConfig, streams: Streams) -> int:
-    """The canaries' draw (which images, their wrong labels, which are included), from the same source as the
-    DP-SGD noise: the key, the operating system, or the published seed."""
-    source = config.dpsgd.noise_source
-    if source == "keyed":
-        return streams.secret_seed("canaries")
-    return secrets.randbits(63) if source == "os" else streams.seed_for("canaries")
-
-
 def _canaries(
     config: CellConfig, splits: dict[str, Split], classes: int, streams: Streams, *, audited: bool
 ) -> Canaries | None:
@@ -210,7 +200,9 @@ def _canaries(
         log.info("canaries: none in a reference model or a training subset (only the cell itself is audited)")
         return None
     labels = splits["train"].labels.cpu().numpy()
-    canaries = choose_canaries(labels, config.canaries, classes=classes, seed=_canary_seed(config, streams))
+    canaries = choose_canaries(
+        labels, config.canaries, classes=classes, seed=streams.noise_seed(config.dpsgd.noise_source, "canaries")
+    )  # as DP-SGD's noise
     splits["train"] = canaries.apply(splits["train"])
     log.info(
         "canaries: %d training images given a wrong label, %d of them trained on (each with probability 1/2); "

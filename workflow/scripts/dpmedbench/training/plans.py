@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -70,6 +71,13 @@ class Streams:
         if self.key is None:
             raise NoiseKeyError("noise_source 'keyed' needs the noise key (noise_key), and none was given")
         return keyed_seed(self.key, "training", *self.identity, *purpose)
+
+    def noise_seed(self, source: str, *purpose: object) -> int:
+        """The seed of a draw a guarantee depends on, from its noise source: the key (``keyed``), fresh
+        operating-system entropy recorded nowhere (``os``), or the published seed (``seeded``)."""
+        if source == "os":
+            return secrets.randbits(63)
+        return self.secret_seed(*purpose) if source == "keyed" else self.seed_for(*purpose)
 
     def generator(self, *purpose: object, device: torch.device | str = "cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed_for(*purpose))

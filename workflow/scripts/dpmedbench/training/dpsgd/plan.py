@@ -15,7 +15,6 @@ the sum is clipped (user-level DP-SGD), so the accountant's epsilon holds per pa
 from __future__ import annotations
 
 import math
-import secrets
 from typing import Any
 
 import torch
@@ -96,16 +95,11 @@ class DPSGDPlan(Plan):
             grad_sample_mode=self.dp.grad_sample_mode,
         )
 
-    def _seed(self, epoch: int, purpose: str) -> int:
-        if self.dp.noise_source == "os":
-            return secrets.randbits(63)
-        if self.dp.noise_source == "keyed":
-            return self.streams.secret_seed(epoch, purpose)
-        return self.streams.seed_for(epoch, purpose)
-
     def start_epoch(self, epoch: int) -> list[torch.Tensor]:
-        self.noise.manual_seed(self._seed(epoch, "noise"))
-        return self.batches.epoch(torch.Generator().manual_seed(self._seed(epoch, "sample")))
+        self.noise.manual_seed(self.streams.noise_seed(self.dp.noise_source, epoch, "noise"))
+        return self.batches.epoch(
+            torch.Generator().manual_seed(self.streams.noise_seed(self.dp.noise_source, epoch, "sample"))
+        )
 
     def step(self, batch: torch.Tensor, fetch: Fetch, stats: RunningStats) -> None:
         assert self.model is not None
