@@ -49,3 +49,12 @@ def test_cell_benchmark_trains_real_cells_and_projects_the_grid(capsys):
     for dataset in ("chest_xray", "aptos"):
         for cell in ("none", "dpsgd/4", "dpsgd/8"):
             assert f"\n{dataset:<11} {cell:<10} cpu" in out
+
+
+def test_memory_benchmark_prints_the_bound_per_worker_count(capsys, monkeypatch):
+    from dpmedbench.data import imaging
+
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 120_000)  # the real limit makes 40 Mpx images: seconds, not a test
+    cli.main(["memory", "--size", "32", "--workers", "1,3"])
+    out = capsys.readouterr().out
+    assert "JPEG, 1 channel, 400 x 300" in out and "PNG, 3 channels, 400 x 300" in out and " 3: " in out

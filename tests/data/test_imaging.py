@@ -260,14 +260,11 @@ def test_rotated_jpeg_gets_the_same_reduced_scale_decode_as_an_upright_one():
         assert upright == upright_size and im.size == (400, 100)
 
 
-def test_orientation_that_pillow_applies_while_loading_is_counted_once():
-    buf = io.BytesIO()
-    Image.fromarray(_asymmetric(90, 50)).save(buf, format="TIFF", tiffinfo={0x0112: 6})
-    events: Counter[str] = Counter()
-    out = decode_resized(buf.getvalue(), size=32, channels=1, mode="squash", events=events)
-    upright = _encode(np.rot90(_asymmetric(90, 50), -1).copy(), "PNG")
-    expected = decode_resized_naive(upright, size=32, channels=1, mode="squash")
-    assert psnr(out, expected) > 40 and events == Counter({"exif_orientation_applied": 1})
+@pytest.mark.parametrize("fmt", ["TIFF", "GIF", "WEBP", "BMP"])
+def test_only_jpeg_and_png_are_read_by_their_content(fmt):
+    data = _encode(_asymmetric(90, 50), fmt)
+    with pytest.raises(ImageError, match="not a JPEG or PNG file by its content"):
+        decode_resized(data, size=32, channels=1)
 
 
 def test_damaged_exif_leaves_the_image_as_stored():
@@ -290,3 +287,113 @@ def test_16_bit_grey_and_alpha_png_with_sbit_is_scaled_by_its_significant_bits()
     for channels in (1, 3):
         out = decode_resized(data, size=64, channels=channels)
         assert np.abs(out.astype(int) - (v / 4095 * 255)[..., None]).max() <= 17 and out.max() == 255
+
+
+# ----------------------------------------------------------------------------------------------- damage
+def _grey_at_bottom(out: np.ndarray) -> bool:
+    return bool((out[-8:] == 128).all())
+
+
+def test_a_truncated_jpeg_with_an_end_marker_is_refused(xray):
+    """Pillow decodes it with the lower part flat grey 128; libjpeg-turbo's strict mode calls it damaged."""
+    full = _encode(xray, "JPEG", quality=90)
+    cut = full[: int(len(full) * 0.4)] + b"\xff\xd9"
+    with pytest.raises(ImageError, match=r"damaged JPEG \(Corrupt JPEG data: premature end of data segment\)"):
+        decode_resized(cut, size=64, channels=1)
+    im = Image.open(io.BytesIO(cut))
+    im.load()  # what Pillow alone makes of it, silently
+    assert _grey_at_bottom(np.asarray(im))
+
+
+def test_overwritten_jpeg_scan_data_is_refused(xray):
+    """Here the damage surfaces only as "extraneous bytes before marker 0xd9": no warning may pass."""
+    full = bytearray(_encode(xray, "JPEG", quality=90))
+    at = len(full) // 2
+    full[at : at + 200] = np.random.default_rng(3).integers(0, 255, 200, dtype=np.uint8).tobytes()
+    with pytest.raises(ImageError, match=r"damaged JPEG \(Corrupt JPEG data: 7 extraneous bytes before marker 0xd9"):
+        decode_resized(bytes(full), size=64, channels=1)
+
+
+def test_bytes_after_the_end_marker_are_not_read(xray):
+    full = _encode(xray, "JPEG", quality=90)
+    assert np.array_equal(
+        decode_resized(full + b"trailing", size=64, channels=1), decode_resized(full, size=64, channels=1)
+    )
+
+
+@pytest.mark.parametrize("where", ["idat", "cut", "no-iend"])
+def test_damaged_png_is_refused(where):
+    data = bytearray(_encode(fundus_image(np.random.default_rng(1), 300, 200, grade=2), "PNG"))
+    idat = data.index(b"IDAT")
+    if where == "idat":
+        data[idat + 200] ^= 0x55
+        match = r"PNG b'IDAT' chunk at byte .* fails its CRC-32"
+    elif where == "cut":
+        data = data[: idat + 500]
+        match = r"PNG truncated inside its b'IDAT' chunk"
+    else:
+        data = data[:-12]
+        match = r"PNG truncated at byte .* \(no IEND chunk\)"
+    with pytest.raises(ImageError, match=match):
+        decode_resized(bytes(data), size=32, channels=3)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_refused_and_opaque_alpha_dropped(mode):
+    colour = fundus_image(np.random.default_rng(0), 64, 64, 2)
+    im = Image.fromarray(colour).convert(mode)
+    if mode == "P":
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", transparency=int(np.asarray(im)[0, 0]))
+        transparent = buf.getvalue()
+    else:
+        arr = np.asarray(im).copy()
+        arr[..., -1] = 0  # fully transparent: the colour values are hidden, not meant
+        transparent = _encode(arr, "PNG")
+    with pytest.raises(ImageError, match=r"transparent pixels \(alpha down to 0\)"):
+        decode_resized(transparent, size=32, channels=3)
+    events: Counter[str] = Counter()
+    if mode == "P":  # a transparent palette entry that no pixel uses
+        unused = min(set(range(256)) - set(np.unique(np.asarray(im)).tolist()))
+        opaque = decode_resized(
+            _encode(colour, "PNG", mode=mode, transparency=unused), size=32, channels=3, events=events
+        )
+    else:
+        opaque = decode_resized(_encode(colour, "PNG", mode=mode), size=32, channels=3, events=events)
+    assert opaque.shape == (32, 32, 3) and events == Counter({"opaque_alpha_dropped": 1})
+
+
+def test_transparent_colour_key_of_a_grey_png_is_refused():
+    grey = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG", transparency=7)
+    with pytest.raises(ImageError, match="transparent pixels"):
+        decode_resized(buf.getvalue(), size=32, channels=1)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(monkeypatch):
+    import tracemalloc
+
+    side = 8000  # 64 Mpx of flat grey: about 60 kB as a PNG, 64 MB decoded
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 100).save(buf, format="PNG")
+    tracemalloc.start()
+    with pytest.raises(ImageError, match=r"8000 x 8000 pixels, more than the 40,000,000"):
+        decode_resized(buf.getvalue(), size=32, channels=1)
+    assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    tracemalloc.stop()
+
+
+def test_a_decoder_warning_is_an_error(monkeypatch):
+    import warnings
+
+    data = _encode(fundus_image(np.random.default_rng(0), 64, 64, 2), "PNG")
+    original = Image.Image.load
+
+    def warn_then_load(self):
+        warnings.warn("Truncated File Read", UserWarning, stacklevel=1)
+        return original(self)
+
+    monkeypatch.setattr(Image.Image, "load", warn_then_load)
+    with pytest.raises(ImageError, match="cannot decode image: Truncated File Read"):
+        decode_resized(data, size=32, channels=3)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import zipfile
 from collections import Counter
+from pathlib import PurePosixPath
 
 import pytest
 from dpmedbench.core.errors import LayoutError
@@ -212,4 +213,211 @@ def test_aptos_two_images_with_one_id_are_refused(aptos_zip, tmp_path):
         first_id = zf.read("train.csv").decode().splitlines()[1].split(",")[0]
     bad = add_members(aptos_zip, tmp_path / "two.zip", {f"train_images/{first_id}.jpg": b"x"})
     with Archive(bad) as arc, pytest.raises(LayoutError, match=rf"two.zip:train_images/: id_code {first_id} has 2"):
+        read_aptos(arc)
+
+
+# ------------------------------------------------------------------ one canonical name, links, special files
+
+
+def _some(zip_path, prefix, n=1):
+    with zipfile.ZipFile(zip_path) as zf:
+        return sorted(m for m in zf.namelist() if m.startswith(prefix) and m.endswith(".jpeg") and not is_debris(m))[:n]
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        lambda m: m.replace("chest_xray/", "chest_xray/./", 1),
+        lambda m: m.replace("chest_xray/", "chest_xray//", 1),
+        lambda m: "/" + m,
+        lambda m: m.replace("/", "\\"),
+        lambda m: m.replace("chest_xray/train/", "chest_xray/test/../train/", 1),
+    ],
+    ids=["dot", "double-slash", "leading-slash", "backslash", "dot-dot"],
+)
+def test_one_image_under_two_spellings_is_refused(chest_kaggle_zip, tmp_path, alias):
+    (member,) = _some(chest_kaggle_zip, "chest_xray/train/NORMAL/")
+    with zipfile.ZipFile(chest_kaggle_zip) as zf:
+        data = zf.read(member)
+    bad = add_members(chest_kaggle_zip, tmp_path / "alias.zip", {alias(member): data})
+    with pytest.raises(LayoutError, match=r"alias.zip: 1 member name appears more than once") as err:
+        Archive(bad)
+    assert member in str(err.value)
+
+
+def test_member_names_are_canonical_everywhere(chest_kaggle_zip, tmp_path):
+    """A zip written with leading slashes and backslashes reads like the plain one, and its stray is still found."""
+    renamed = tmp_path / "odd.zip"
+    with zipfile.ZipFile(chest_kaggle_zip) as zin, zipfile.ZipFile(renamed, "w") as zout:
+        for info in zin.infolist():
+            if not info.is_dir():
+                zout.writestr("/" + info.filename.replace("/", "\\", 1), zin.read(info.filename))
+    with Archive(chest_kaggle_zip) as plain, Archive(renamed) as odd:
+        assert read_chest_xray(odd).records == read_chest_xray(plain).records
+        member = read_chest_xray(odd).records[0].source
+        assert odd.read(member) == plain.read(member)
+        assert odd.describe(member).endswith(":/" + member.replace("/", "\\", 1))
+    stray = add_members(renamed, tmp_path / "stray.zip", {"/chest_xray/train/COVID/covid-1.jpeg": b"x"})
+    with Archive(stray) as arc, pytest.raises(LayoutError, match=r"1 file is not .*chest_xray/train/COVID/covid-1"):
+        read_chest_xray(arc)
+
+
+def test_a_name_that_climbs_out_of_the_archive_is_refused(chest_kaggle_zip, tmp_path):
+    bad = add_members(chest_kaggle_zip, tmp_path / "climb.zip", {"chest_xray/../../etc/x.jpeg": b"x"})
+    with pytest.raises(LayoutError, match=r"climb.zip: member 'chest_xray/../../etc/x.jpeg' points outside"):
+        Archive(bad)
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_names_that_differ_only_in_case_are_refused(chest_kaggle_zip, tmp_path, as_folder):
+    (member,) = _some(chest_kaggle_zip, "chest_xray/train/NORMAL/")
+    other = member.replace("/NORMAL/", "/normal/")
+    bad = add_members(chest_kaggle_zip, tmp_path / "case.zip", {other: b"x"})
+    path = extract(bad, tmp_path / "extracted") if as_folder else bad
+    with pytest.raises(LayoutError, match=r"1 pair of names differs only in letter case") as err:
+        Archive(path)
+    assert member in str(err.value) and other in str(err.value)
+
+
+def without_nested_tree(src, dest):
+    """The Kaggle fixture without its nested copy ``chest_xray/chest_xray/``, so one tree can be changed alone."""
+    with zipfile.ZipFile(src) as zf:
+        nested = {n: None for n in zf.namelist() if n.startswith("chest_xray/chest_xray/")}
+    return rewrite_zip(src, dest, nested)
+
+
+def test_one_patient_in_two_letter_cases_is_one_group(chest_kaggle_zip, tmp_path):
+    single = without_nested_tree(chest_kaggle_zip, tmp_path / "single.zip")
+    first, second = _some(single, "chest_xray/train/PNEUMONIA/person", 2)
+    assert chest_patient_id(first) != chest_patient_id(second)
+    upper = second.rsplit("/", 1)[0] + "/" + PurePosixPath(first).stem.upper() + "_2.jpeg"
+    with zipfile.ZipFile(single) as zf:
+        data = zf.read(second)
+    changed = add_members(rewrite_zip(single, tmp_path / "a.zip", {second: None}), tmp_path / "b.zip", {upper: data})
+    with Archive(changed) as arc:
+        inv = read_chest_xray(arc)
+    groups = {r.source: r.group for r in inv.records}
+    assert groups[upper] == groups[first] and groups[first].casefold() == chest_patient_id(first)
+    assert len({g.casefold() for g in groups.values()}) == len(set(groups.values()))
+    assert any("spelt in more than one letter case" in n for n in inv.notes)
+
+
+def test_linked_folders_are_followed_and_read_once(chest_kaggle_zip, tmp_path):
+    single = without_nested_tree(chest_kaggle_zip, tmp_path / "single.zip")
+    plain = extract(single, tmp_path / "plain")
+    with Archive(plain) as arc:
+        expected = read_chest_xray(arc).records
+    (tmp_path / "link").symlink_to(plain, target_is_directory=True)
+    with Archive(tmp_path / "link") as arc:
+        assert read_chest_xray(arc).records == expected
+    # A link to a folder inside the tree gives its files a second name: which name is meant is refused, not guessed.
+    (plain / "chest_xray" / "val").rename(plain / "val-real")
+    (plain / "chest_xray" / "val").symlink_to("../val-real", target_is_directory=True)
+    with pytest.raises(LayoutError, match=r"4 files have two names .*chest_xray/val/NORMAL/.* and val-real/NORMAL/"):
+        Archive(plain)
+
+
+@pytest.mark.parametrize("kind", ["outside", "dangling", "beside", "cycle", "fifo"])
+def test_links_out_of_the_folder_and_special_files_are_refused(chest_kaggle_zip, tmp_path, kind):
+    import os
+
+    root = extract(without_nested_tree(chest_kaggle_zip, tmp_path / "single.zip"), tmp_path / "folder")
+    normal = root / "chest_xray" / "train" / "NORMAL"
+    target = sorted(normal.iterdir())[0]
+    place = normal / "IM-9999-0001.jpeg"
+    if kind == "outside":
+        (tmp_path / "elsewhere.jpeg").write_bytes(target.read_bytes())
+        place.symlink_to(tmp_path / "elsewhere.jpeg")
+        message = r"IM-9999-0001.jpeg: a symbolic link that points outside the folder"
+    elif kind == "dangling":
+        place.symlink_to(tmp_path / "gone.jpeg")
+        message = r"IM-9999-0001.jpeg: a symbolic link that points nowhere"
+    elif kind == "beside":
+        place.symlink_to(target.name)
+        message = r"1 file has two names .*IM-9999-0001.jpeg"
+    elif kind == "cycle":
+        (normal / "loop").symlink_to("..", target_is_directory=True)
+        message = r"loop: a symbolic link to a folder that contains it"
+    else:
+        os.mkfifo(place)
+        message = r"IM-9999-0001.jpeg: a special file \(FIFO"
+    with pytest.raises(LayoutError, match=message):
+        Archive(root)
+
+
+def test_a_zip_holding_a_symbolic_link_is_refused(chest_kaggle_zip, tmp_path):
+    import stat
+
+    bad = tmp_path / "link.zip"
+    add_members(chest_kaggle_zip, bad, {})
+    with zipfile.ZipFile(bad, "a") as zf:
+        info = zipfile.ZipInfo("chest_xray/train/NORMAL/IM-9999-0001.jpeg")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(LayoutError, match=r"link.zip: 1 member is a symbolic link .*IM-9999-0001.jpeg"):
+        Archive(bad)
+
+
+def test_a_second_tree_of_other_images_is_an_ambiguity(chest_kaggle_zip, tmp_path):
+    with zipfile.ZipFile(chest_kaggle_zip) as zf:
+        nested = sorted(n for n in zf.namelist() if n.startswith("chest_xray/chest_xray/") and n.endswith(".jpeg"))
+        other = {n: zf.read(n) + b"\0" for n in nested[:1]}  # one image of the copy differs by one byte
+    bad = rewrite_zip(chest_kaggle_zip, tmp_path / "more.zip", other)
+    with Archive(bad) as arc, pytest.raises(LayoutError, match=r"two chest X-ray trees with different images") as err:
+        read_chest_xray(arc)
+    assert "'chest_xray/'" in str(err.value) and "'chest_xray/chest_xray/'" in str(err.value)
+    assert nested[0].removeprefix("chest_xray/chest_xray/") in str(err.value)
+    with Archive(chest_kaggle_zip) as arc:
+        assert any("identical by SHA-256" in n for n in read_chest_xray(arc).notes)
+
+
+def test_a_member_larger_than_the_limit_is_refused_before_it_is_read(chest_kaggle_zip, tmp_path, monkeypatch):
+    import tracemalloc
+
+    from dpmedbench.data import archive
+
+    (member,) = _some(chest_kaggle_zip, "chest_xray/train/NORMAL/")
+    bomb = tmp_path / "bomb.zip"
+    add_members(chest_kaggle_zip, bomb, {})
+    with (
+        zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as zf,
+        zf.open("chest_xray/train/NORMAL/IM-9999-0001.jpeg", "w", force_zip64=True) as fh,
+    ):
+        for _ in range(archive.MAX_MEMBER_BYTES >> 20):
+            fh.write(bytes(1 << 20))
+        fh.write(b"\0")
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    with Archive(bomb) as arc, pytest.raises(LayoutError, match=r"IM-9999-0001.jpeg: 67,108,865 bytes, larger than"):
+        arc.read("chest_xray/train/NORMAL/IM-9999-0001.jpeg")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak:,} bytes allocated to refuse a bomb"
+    # A directory that understates the size is caught by the bounded read.
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1000)
+    with Archive(chest_kaggle_zip) as arc:
+        monkeypatch.setattr(arc, "size", lambda m: 10)
+        with pytest.raises(LayoutError, match=r"more than the 0 MiB a member may be, though its declared size"):
+            arc.read(member)
+
+
+def test_aptos_csv_with_an_endless_field_is_named(aptos_zip, tmp_path):
+    bad = rewrite_zip(
+        aptos_zip, tmp_path / "bad.zip", {"train.csv": b'id_code,diagnosis\n"' + b"a" * 200_000 + b'",0\n'}
+    )
+    with Archive(bad) as arc, pytest.raises(LayoutError, match=r"bad.zip:train.csv line \d+: not a readable CSV row"):
+        read_aptos(arc)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".bmp"])
+def test_aptos_refuses_formats_the_chest_side_refuses(aptos_zip, tmp_path, suffix):
+    with zipfile.ZipFile(aptos_zip) as zf:
+        first_id = zf.read("train.csv").decode().splitlines()[1].split(",")[0]
+        data = zf.read(f"train_images/{first_id}.png")
+    bad = add_members(
+        rewrite_zip(aptos_zip, tmp_path / "a.zip", {f"train_images/{first_id}.png": None}),
+        tmp_path / "b.zip",
+        {f"train_images/{first_id}{suffix}": data},
+    )
+    with Archive(bad) as arc, pytest.raises(LayoutError, match=rf"1 file is not a .*{first_id}{suffix}"):
         read_aptos(arc)

@@ -82,7 +82,8 @@ def test_corrupt_image_is_named_and_nothing_is_written(chest_kaggle_zip, tmp_pat
     with zipfile.ZipFile(chest_kaggle_zip) as zf:
         victim = sorted(n for n in zf.namelist() if n.startswith("chest_xray/test/PNEUMONIA/"))[-1]
         data = zf.read(victim)
-    bad = rewrite_zip(chest_kaggle_zip, tmp_path / "bad.zip", {victim: data[: len(data) // 3]})
+    copy = victim.replace("chest_xray/", "chest_xray/chest_xray/", 1)  # the nested tree must stay identical
+    bad = rewrite_zip(chest_kaggle_zip, tmp_path / "bad.zip", {m: data[: len(data) // 3] for m in (victim, copy)})
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("unrelated")
@@ -112,6 +113,115 @@ def test_bad_npz_is_named(tmp_path):
         np.savez(fh, train_images=np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(LayoutError, match=r"pneumoniamnist.npz: not a MedMNIST file: missing \['train_labels'\]"):
         _prepare(tmp_path, "chest_xray", path)
+
+
+def _npz(path, **replace):
+    """A PneumoniaMNIST-shaped file with some arrays replaced."""
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), (6, 2, 2), strict=True):
+        arrays[f"{split}_images"] = np.full((n, 8, 8), 100, np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).astype(np.uint8)[:, None]
+    arrays.update(replace)
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ({"train_labels": np.array([0.6, 1.7, 0, 1, 0, 1])}, r"train_labels are stored as float64, not integers"),
+        (
+            {"test_images": np.zeros((2, 0, 0), np.uint8)},
+            r"test_images has shape \(2, 0, 0, 1\): images without a pixel",
+        ),
+        ({"val_labels": np.array([0, "1"], dtype=object)}, r"array val_labels cannot be read \(Object arrays"),
+    ],
+    ids=["float-labels", "empty-images", "object-array"],
+)
+def test_damaged_medmnist_arrays_are_named(tmp_path, replace, message):
+    path = _npz(tmp_path / "pneumoniamnist.npz", **replace)
+    with pytest.raises(LayoutError, match=rf"pneumoniamnist.npz: {message}"):
+        _prepare(tmp_path, "chest_xray", path)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_medmnist_file_with_a_bad_crc_is_named(tmp_path):
+    path = _npz(
+        tmp_path / "pneumoniamnist.npz",
+        train_images=np.arange(6 * 64 * 64, dtype=np.uint32).astype(np.uint8).reshape(6, 64, 64),
+    )
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("train_images.npy")
+    data[info.header_offset + 30 + len(info.filename) + 100] ^= 0xFF  # inside the compressed data
+    path.write_bytes(bytes(data))
+    with pytest.raises(LayoutError, match=r"pneumoniamnist.npz: array train_images cannot be read \(.*\).*download"):
+        _prepare(tmp_path, "chest_xray", path)
+
+
+def test_medmnist_array_declared_too_large_is_refused_before_reading(tmp_path, monkeypatch):
+    from dpmedbench.data import medmnist
+
+    monkeypatch.setattr(medmnist, "MAX_ARRAY_BYTES", 1000)
+    path = _npz(tmp_path / "pneumoniamnist.npz", train_images=np.zeros((6, 16, 16), np.uint8))
+    with pytest.raises(LayoutError, match=r"array train_images.npy declares 1,664 bytes, more than"):
+        _prepare(tmp_path, "chest_xray", path)
+
+
+FILE_SIZE_LIMIT = """
+import json, resource, sys
+from pathlib import Path
+from dpmedbench.core.errors import OutputSpaceError
+from dpmedbench.data.prepare import prepare_dataset
+
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    prepare_dataset(dataset="chest_xray", source_json=sys.argv[1], out_dir=sys.argv[2], image_size=64,
+                    resize_mode="center_crop", seed=42, val_fraction=0.2)
+except OutputSpaceError as exc:
+    print(exc)
+    raise SystemExit(3)
+"""
+
+
+def test_a_write_failure_is_named_and_leaves_nothing(chest_kaggle_zip, tmp_path):
+    """A file-size limit (what a full disk looks like to the writer: the write fails) during prepare."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("unrelated")
+    source = _source_json(tmp_path, chest_kaggle_zip)
+    run = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(source), str(out), "20000"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=300,
+    )
+    assert run.returncode == 3, run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert f"{out / 'train.npy'}: cannot be written: the file would be larger than" in run.stdout
+    assert "ulimit -f" in run.stdout and "bytes needed for it" in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_too_little_free_space_is_named_before_anything_is_written(chest_kaggle_zip, tmp_path, monkeypatch):
+    import shutil
+
+    from dpmedbench.core import fileio
+    from dpmedbench.core.errors import OutputSpaceError
+
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))
+    with pytest.raises(
+        OutputSpaceError, match=r"chest_xray: the prepared arrays and manifests: [\d,]+ bytes needed, only 5,000 free"
+    ):
+        _prepare(tmp_path, "chest_xray", chest_kaggle_zip)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 STRESS = """

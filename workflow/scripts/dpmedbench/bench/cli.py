@@ -5,6 +5,12 @@
     PYTHONPATH=workflow/scripts python -m dpmedbench.bench dpsgd [--size 224] [--batch 32] [--modes bk,ew,hooks]
     PYTHONPATH=workflow/scripts python -m dpmedbench.bench equivalence [--device cuda] [--size 224] [--batch 8]
     PYTHONPATH=workflow/scripts python -m dpmedbench.bench cell [--datasets chest_xray,aptos] [--epochs 2]
+    PYTHONPATH=workflow/scripts python -m dpmedbench.bench memory [--size 256] [--workers 1,2,4,8]
+
+``memory`` writes the largest images the data stage accepts (a JPEG and a PNG of the pixel limit, each under the
+member size limit), decodes each in a fresh process as one prepare worker does, and prints the peak resident
+memory of the worker (MiB) and the bound for 1, 2, 4 and 8 workers: a prepare job never holds more than workers x
+the larger peak for its images.
 
 ``equivalence`` checks, on any device, that each DP-SGD mode's noiseless update is the clipped sum of
 per-example gradients: a one-example-at-a-time loop in float64 is the truth; every mode (and the same loop)
@@ -38,7 +44,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .data import bench_ldp, bench_resize, synthetic_images
+from .data import bench_ldp, bench_memory, bench_resize, synthetic_images
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     cell.add_argument("--threads", type=int, default=4, help="CPU threads (default 4, as the train rule)")
     cell.add_argument("--batch", type=int, default=128, help="logical batch size (default 128, the paper's)")
     cell.add_argument("--dp-chunks", default="32", help="DP-SGD physical chunk sizes, one cell each (default 32)")
+    mem = sub.add_parser("memory", help="peak memory of one prepare worker on the largest images accepted")
+    mem.add_argument("--size", type=int, default=256, help="output side in pixels (default 256)")
+    mem.add_argument("--workers", default="1,2,4,8", help="worker counts to print the bound for (default 1,2,4,8)")
     for command in (dp, eq, cell):
         command.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
     return parser
@@ -172,7 +181,22 @@ def _run_resize(args: argparse.Namespace) -> None:
     bench_resize(fundus, size=args.size, channels=3, label="fundus PNG (synthetic)")
 
 
+def _run_memory(args: argparse.Namespace) -> None:
+    import tempfile
+
+    workers = tuple(int(n) for n in args.workers.split(","))
+    print(
+        f"one prepare worker decoding the largest image accepted, to {args.size}x{args.size}, in a fresh process: "
+        f"MB of the file, seconds, peak resident MiB of the worker (Python, libraries, the file's bytes and the "
+        f"decode) and what decoding added to it; the bound for that many workers (MiB)"
+    )
+    print(f"{'image':<32} {'MB':>7} {'s':>6} {'peak':>8} {'decode':>8}   bound")
+    with tempfile.TemporaryDirectory() as folder:
+        bench_memory(size=args.size, workers=workers, folder=Path(folder))
+
+
 COMMANDS = {
+    "memory": _run_memory,
     "resize": _run_resize,
     "ldp": _run_ldp,
     "dpsgd": _run_dpsgd,

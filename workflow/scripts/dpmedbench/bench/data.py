@@ -110,3 +110,70 @@ def bench_ldp(*, images: int, size: int, channels: int) -> dict[str, float]:
         f"{f'{size}x{size}x{channels}':<14} {images:>6} {ours:>12.1f} {naive:>13.1f} {ours / naive:>8.1f}x", flush=True
     )
     return {"ours": ours, "naive": naive, "ratio": ours / naive}
+
+
+_PEAK_CHILD = """
+import sys, time
+from dpmedbench.data.imaging import decode_resized
+
+def status(key):  # kB, of this process only (ru_maxrss would carry the parent's peak across exec)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+data = open(sys.argv[1], "rb").read()
+before = status("VmRSS")
+start = time.perf_counter()
+decode_resized(data, size=int(sys.argv[2]), channels=int(sys.argv[3]))
+print(before, status("VmHWM"), time.perf_counter() - start)
+"""
+
+
+def largest_allowed_images(folder: Path) -> dict[str, tuple[Path, int]]:
+    """The worst cases the data stage accepts, written to ``folder``: a JPEG and a PNG of
+    :data:`~dpmedbench.data.imaging.MAX_PIXELS` pixels (4:3, RGB, with texture so that they are not trivially
+    small), each under :data:`~dpmedbench.data.archive.MAX_MEMBER_BYTES`. ``{label: (path, channels)}``."""
+    from ..data.archive import MAX_MEMBER_BYTES
+    from ..data.imaging import MAX_PIXELS
+
+    h = int((MAX_PIXELS * 3 / 4) ** 0.5)
+    w = MAX_PIXELS // h
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 128 + 60 * np.sin(x / 97) * np.cos(y / 131)
+    out = {}
+    for label, fmt, channels, noise in (("JPEG, 1 channel", "JPEG", 1, 12), ("PNG, 3 channels", "PNG", 3, 3)):
+        planes = [base + rng.normal(0, noise, base.shape).astype(np.float32) for _ in range(channels)]
+        arr = np.stack(planes, -1).clip(0, 255).astype(np.uint8)
+        path = folder / f"largest.{fmt.lower()}"
+        Image.fromarray(arr[..., 0] if channels == 1 else arr).save(path, format=fmt, quality=95)
+        if path.stat().st_size > MAX_MEMBER_BYTES:
+            raise SystemExit(f"{path}: {path.stat().st_size:,} bytes, over the member limit: lower the noise")
+        out[f"{label}, {w} x {h}"] = (path, channels)
+    return out
+
+
+def bench_memory(*, size: int, workers: tuple[int, ...], folder: Path) -> dict[str, float]:
+    """Peak memory of decoding the largest images the data stage accepts, each in a fresh process (what one
+    prepare worker holds at most), and the bound for ``workers`` workers. Prints a row per image."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    peaks = {}
+    for label, (path, channels) in largest_allowed_images(folder).items():
+        run = subprocess.run(
+            [sys.executable, "-c", _PEAK_CHILD, str(path), str(size), str(channels)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        before, after, seconds = run.stdout.split()
+        peak, added = int(after) / 1024, (int(after) - int(before)) / 1024
+        peaks[label] = peak
+        bound = "  ".join(f"{n}: {peak * n:,.0f}" for n in workers)
+        print(
+            f"{label:<32} {path.stat().st_size / 1e6:>7.1f} {float(seconds):>6.2f} {peak:>8,.0f} {added:>8,.0f}   "
+            f"{bound}"
+        )
+    return peaks

@@ -37,3 +37,7 @@ class TrainingError(DPMedBenchError):
 
 class DamagedOutputError(DPMedBenchError):
     """An output of the pipeline is damaged (truncated, not what its job writes); rebuilding it is the fix."""
+
+
+class OutputSpaceError(DPMedBenchError):
+    """An output cannot be written: the disk is full, a quota is reached, or the file is larger than allowed."""

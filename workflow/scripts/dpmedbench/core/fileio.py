@@ -7,12 +7,15 @@ only when it is complete, so an interrupted job never leaves a file that looks f
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,69 @@ def atomic_outputs(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
                 tmp.unlink()
 
 
+#: Write failures that are a lack of room, not a bug: what each means to the person who must fix it.
+_NO_ROOM = {
+    errno.ENOSPC: "no space left on the disk",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file would be larger than the file system or this process's file-size limit (ulimit -f) allows",
+}
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes free for this user in ``folder`` (or the nearest folder above it that exists)."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def require_space(folder: str | os.PathLike[str], needed: int, what: str) -> None:
+    """A named :class:`~dpmedbench.core.errors.OutputSpaceError` before anything is written when ``folder`` has
+    less than ``needed`` bytes free for ``what``."""
+    from .errors import OutputSpaceError
+
+    if (free := free_bytes(folder)) < needed:
+        raise OutputSpaceError(
+            f"{what}: {needed:,} bytes needed, only {free:,} free in {Path(folder).absolute()}; nothing was written: "
+            f"free space there (or point the results to a larger disk) and run again"
+        )
+
+
+@contextlib.contextmanager
+def writing(output: str | os.PathLike[str], needed: int) -> Iterator[None]:
+    """Turn a disk-full, quota or file-too-large failure while writing ``output`` (``needed`` bytes) into a named
+    :class:`~dpmedbench.core.errors.OutputSpaceError`; any other error passes unchanged. Used inside
+    :func:`atomic_outputs`, which then removes what was half-written."""
+    from .errors import OutputSpaceError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise
+        raise OutputSpaceError(
+            f"{output}: cannot be written: {_NO_ROOM[exc.errno]} ({needed:,} bytes needed for it, "
+            f"{free_bytes(Path(output).parent):,} free in {Path(output).absolute().parent}); nothing was written: "
+            f"free space (or raise the limit) and run again"
+        ) from None
+
+
+def reserve(path: str | os.PathLike[str], size: int) -> None:
+    """Allocate ``size`` bytes of disk for ``path`` now (``posix_fallocate``), so that a memory-mapped write can
+    never meet a full disk later, where it would kill the process with SIGBUS instead of raising an error. A file
+    system that cannot allocate ahead (some network ones) is left as it is."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in _NO_ROOM:
+                raise
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with every non-finite number (NaN, infinity: not JSON) replaced by ``None``, numpy scalars and
     arrays as Python numbers and lists. A result that is undefined (an AUROC without positives) or unbounded
@@ -122,6 +188,58 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def tree_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every file of a folder, sorted by relative path (part by part), the one way a folder is listed.
+
+    A symbolic link is followed only when its target lies inside ``root`` (a linked sub-folder is walked; a link
+    back up a branch is a cycle and refused); a link that points outside ``root`` or nowhere, and any special
+    file (FIFO, socket, device), is a :class:`~dpmedbench.core.errors.LayoutError` naming it: reading around it
+    would change the dataset without a word, and reading it could hang or read a file that is not the dataset's.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / "b").mkdir(); _ = (d / "b" / "x").write_text(""), (d / "a").write_text("")
+    >>> [p.relative_to(d).as_posix() for p in tree_files(d)]
+    ['a', 'b/x']
+    """
+    from .errors import LayoutError
+
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    found: list[Path] = []
+
+    def inside(target: str) -> bool:
+        return target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep)
+
+    def walk(folder: Path, chain: frozenset[str]) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    target = os.path.realpath(path)
+                    if not inside(target) or not os.path.exists(target):
+                        where = "nowhere" if not os.path.exists(target) else f"outside the folder, to {target}"
+                        raise LayoutError(
+                            f"{path}: a symbolic link that points {where}; only links that stay inside {root} are "
+                            f"followed: copy the file or folder it means into place, or delete the link"
+                        )
+                mode = os.stat(path).st_mode
+                if stat.S_ISDIR(mode):
+                    real = os.path.realpath(path)
+                    if real in chain:
+                        raise LayoutError(f"{path}: a symbolic link to a folder that contains it (a cycle): delete it")
+                    walk(path, chain | {real})
+                elif stat.S_ISREG(mode):
+                    found.append(path)
+                else:
+                    raise LayoutError(
+                        f"{path}: a special file (FIFO, socket or device), not a regular file; no dataset holds one, "
+                        f"and reading it could block forever: delete it, or give a folder without it"
+                    )
+
+    walk(root, frozenset({real_root}))
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
 #: How a folder's listing is hashed (:func:`tree_digest`); cached digests of another scheme are recomputed.
 TREE_SCHEME = "length-prefixed v2"
 
@@ -139,7 +257,7 @@ def tree_digest(root: str | os.PathLike[str]) -> str:
     """
     root = Path(root)
     h = hashlib.sha256(TREE_SCHEME.encode() + b"\0")
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in tree_files(root):
         name = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
         digest = bytes.fromhex(file_digest(path))
         h.update(len(name).to_bytes(8, "little") + name + len(digest).to_bytes(8, "little") + digest)
@@ -168,7 +286,7 @@ def identity_key(path: str | os.PathLike[str]) -> str:
     they cannot keep the change time) or added, removed or renamed file changes it."""
     path = Path(path).resolve()
     if path.is_dir():
-        listing = [[p.relative_to(path).as_posix(), *_stat_key(p)] for p in sorted(path.rglob("*")) if p.is_file()]
+        listing = [[p.relative_to(path).as_posix(), *_stat_key(p)] for p in tree_files(path)]
     else:
         listing = [_stat_key(path)]
     return hashlib.sha256(json.dumps([str(path), listing]).encode()).hexdigest()

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import re
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -32,6 +33,8 @@ EVENT_NOTES = {
     "exif_orientation_applied": "{n} {images} rotated or mirrored upright by their EXIF orientation",
     "scaled_16bit_by_sbit": "{n} {images} of 16 bits scaled to 8 by their significant bits (PNG sBIT)",
     "scaled_16bit_full_range": "{n} {images} of 16 bits scaled to 8 from the full 16-bit range (no sBIT chunk)",
+    "opaque_alpha_dropped": "{n} {images} with an alpha channel or transparent colour that is opaque everywhere: "
+    "read without it",
 }
 
 
@@ -61,7 +64,7 @@ def _decode_member(task: tuple[str, int, int, str], events: Counter[str]) -> np.
     where = _worker_archive.describe(member)
     try:
         data = _worker_archive.read(member)
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise ImageError(f"{where}: cannot read from the archive: {exc}") from None
     if not data:
         raise ImageError(

@@ -9,17 +9,29 @@ Images are shown as a viewer shows them: the EXIF orientation is applied (``Imag
 semantics). 16-bit images are scaled by their declared bit depth, never by their content: the significant
 bits of a PNG ``sBIT`` chunk where there is one, else the full 16 bits. What was decided per image can be
 counted in a :class:`collections.Counter` (``events``), under the keys of :data:`EVENTS`.
+
+Only JPEG and PNG are read, recognised by their content (both datasets' formats; a file named ``.png`` that
+holds a GIF is refused). A damaged file is refused, never decoded around: a JPEG's entropy-coded data is decoded
+once more by libjpeg-turbo in strict mode (at 1/8 scale), so a premature end, a bad Huffman code or a corrupt
+marker, which Pillow reports nowhere and fills with grey, is an :class:`ImageError`; every chunk of a PNG up to
+``IEND`` must be whole and match its CRC-32. What no decoder can see is a JPEG whose scan data were changed into
+other valid codes (JPEG has no checksum). Transparency is refused (which background a transparent pixel stands
+for cannot be known, and neither dataset has any); an alpha channel that is opaque everywhere is dropped and
+counted. An image of more than :data:`MAX_PIXELS` pixels is refused from its header, before it is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import numpy as np
+import simplejpeg
 from PIL import ExifTags, Image
 
 from ..core.errors import ImageError
@@ -30,7 +42,20 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: Keys ``decode_resized`` counts in ``events``, at most once each per image.
-EVENTS = ("exif_orientation_applied", "scaled_16bit_by_sbit", "scaled_16bit_full_range")
+EVENTS = (
+    "exif_orientation_applied",
+    "scaled_16bit_by_sbit",
+    "scaled_16bit_full_range",
+    "opaque_alpha_dropped",
+)
+
+#: The formats read, recognised by content: the two datasets' own.
+FORMATS = ("JPEG", "PNG")
+
+#: The most pixels an image may have (40 million, about three times the largest fundus photograph of APTOS 2019
+#: and five times the largest chest X-ray); a larger one is refused from its header, so decoding one image never
+#: needs more than about 40 M x 4 bytes per channel.
+MAX_PIXELS = 40_000_000
 
 #: EXIF orientation -> the transposition that shows the image upright (as ``ImageOps.exif_transpose``).
 _UPRIGHT = {
@@ -117,6 +142,72 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos += 12 + length
 
 
+# ----------------------------------------------------------------------------------------------- integrity
+def _check_png(data: bytes) -> None:
+    """Every chunk whole and matching its CRC-32, up to ``IEND``; else :class:`ImageError`. (Pillow checks the
+    CRC of the chunks before the image data only, so a changed byte of the image data decodes as other pixels.)"""
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 12 > len(data):
+            raise ImageError(f"cannot decode image: PNG truncated at byte {len(data):,} (no IEND chunk)")
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ImageError(f"cannot decode image: PNG truncated inside its {kind!r} chunk at byte {pos:,}")
+        if zlib.crc32(data[pos + 4 : end]) != int.from_bytes(data[end : end + 4], "big"):
+            raise ImageError(f"cannot decode image: PNG {kind!r} chunk at byte {pos:,} fails its CRC-32 (damaged)")
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
+def _check_jpeg(data: bytes) -> None:
+    """Decode the JPEG's entropy-coded data in strict mode: any libjpeg-turbo warning (premature end, corrupt
+    data, extraneous bytes before a marker), which Pillow ignores, is an :class:`ImageError`. None is harmless
+    enough to let pass: scan data overwritten in the middle of a file can surface as no more than "extraneous
+    bytes before marker 0xd9"."""
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, min_height=1, min_width=1, strict=True)
+    except ValueError as exc:
+        raise ImageError(f"cannot decode image: damaged JPEG ({exc})") from None
+
+
+def _transparent(im: Image.Image) -> np.ndarray | None:
+    """Alpha of ``im`` (0 transparent, 255 opaque) from its alpha band, its palette or its ``tRNS`` colour key;
+    None for an image without transparency."""
+    if "A" in im.getbands():
+        return np.asarray(im.getchannel("A"))
+    if "transparency" not in im.info:
+        return None
+    if im.mode == "P":
+        return np.asarray(im.convert("RGBA").getchannel("A"))
+    arr = np.asarray(im)
+    key = np.asarray(im.info["transparency"])
+    hit = (arr == key).all(axis=-1) if arr.ndim == 3 else arr == key
+    return np.where(hit, 0, 255).astype(np.uint8)
+
+
+def _drop_opaque_alpha(im: Image.Image, events: Counter[str] | None) -> Image.Image:
+    """``im`` without its alpha channel or transparent colour when they leave every pixel opaque (counted); a
+    transparent pixel is an :class:`ImageError`."""
+    alpha = _transparent(im)
+    if alpha is None:
+        return im
+    if (low := int(alpha.min(initial=255))) < 255:
+        raise ImageError(
+            f"cannot decode image: it has transparent pixels (alpha down to {low}); which background they stand "
+            f"for cannot be known and no image of either dataset has any: flatten it onto the background you mean"
+        )
+    _count(events, "opaque_alpha_dropped")
+    im.info.pop("transparency", None)
+    if im.mode == "P":
+        return im.convert("RGB")
+    if "A" in im.getbands():
+        return im.convert("L" if im.mode in ("LA", "La") else "RGB")
+    return im
+
+
 def _png_depth(data: bytes) -> _Depth | None:
     """Declared depth of a 16-bit PNG: its ``sBIT`` significant bits where present and valid, else 16 bits;
     None for anything but a 16-bit PNG (Pillow does not read ``sBIT``)."""
@@ -164,7 +255,7 @@ def _stretch_high_bytes(im: Image.Image, depth: _Depth) -> tuple[Image.Image, _D
 
 def _to_8_bits(im: Image.Image, data: bytes, events: Counter[str] | None) -> Image.Image:
     """A 16-bit image scaled to 8 bits by its declared depth (counted in ``events``); others unchanged."""
-    depth = _png_depth(data) if im.format == "PNG" else None
+    depth = _png_depth(data)  # None for anything but a 16-bit PNG
     if im.mode in _SIXTEEN_BIT_MODES:
         im, depth = _grey16_to_l(im, depth or _FULL_16)
     elif depth is not None and min(depth.bits) < 16:
@@ -238,13 +329,28 @@ def decode_resized(
     Raises :class:`ImageError` for bytes that are not a complete, decodable image.
     """
     try:
-        im = Image.open(io.BytesIO(data))
-        stated, orientation, upright = _load(im, size=size, channels=channels, mode=mode)
-        if stated in _UPRIGHT and orientation not in _UPRIGHT:  # Pillow's TIFF loader applies it itself
-            _count(events, "exif_orientation_applied")
-        im = _upright(_to_8_bits(im, data, events), orientation, events)
-        return resize_loaded(im, size=size, channels=channels, mode=mode, original_size=upright)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a decoder's warning is damage, never decoded around
+            warnings.simplefilter("ignore", DeprecationWarning)
+            im = Image.open(io.BytesIO(data), formats=FORMATS)
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageError(
+                    f"cannot decode image: {im.width} x {im.height} pixels, more than the {MAX_PIXELS:,} an image "
+                    f"may have (no image of either dataset comes near it)"
+                )
+            if im.format == "PNG":
+                _check_png(data)
+            else:
+                _check_jpeg(data)
+            _, orientation, upright = _load(im, size=size, channels=channels, mode=mode)
+            im = _upright(_to_8_bits(_drop_opaque_alpha(im, events), data, events), orientation, events)
+            return resize_loaded(im, size=size, channels=channels, mode=mode, original_size=upright)
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            "cannot decode image: not a JPEG or PNG file by its content; both datasets accept these two formats "
+            "only: convert it"
+        ) from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, Warning) as exc:
         raise ImageError(f"cannot decode image: {exc}") from exc
 
 

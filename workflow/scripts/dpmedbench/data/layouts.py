@@ -15,7 +15,7 @@ import csv
 import io
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from ..core.errors import LayoutError
@@ -106,13 +106,63 @@ def _refuse_strays(archive: Archive, root: str) -> None:
         )
 
 
+def _tree_contents(archive: Archive, items: list[tuple[str, str, str]], root: str) -> dict[str, str]:
+    """``{path below root: SHA-256}`` of a tree's images."""
+    prefix = f"{root}/" if root else ""
+    return {m.removeprefix(prefix): archive.sha256(m) for m, _, _ in items}
+
+
+def _check_other_trees(archive: Archive, by_root: dict[str, list[tuple[str, str, str]]], root: str) -> list[str]:
+    """A second tree is skipped only when it holds exactly the images of the one read (same paths below their roots,
+    same SHA-256); any other second tree is an ambiguity that names both. Returns the notes."""
+    others = sorted(r for r in by_root if r != root)
+    if not others:
+        return []
+    chosen = _tree_contents(archive, by_root[root], root)
+    notes = []
+    for other in others:
+        contents = _tree_contents(archive, by_root[other], other)
+        if contents != chosen:
+            differ = sorted(set(contents) ^ set(chosen)) + sorted(
+                k for k in set(contents) & set(chosen) if contents[k] != chosen[k]
+            )
+            raise LayoutError(
+                f"{archive.path}: two chest X-ray trees with different images, '{root or '.'}/' "
+                f"({len(chosen)} images) and '{other or '.'}/' ({len(contents)} images; they differ in "
+                f"{shown(differ)}): which one is the dataset cannot be known; delete the tree you do not mean (or "
+                f"give a folder that holds only one) and run again"
+            )
+        notes.append(f"skipped duplicate tree '{other}/' ({len(contents)} images, identical by SHA-256)")
+    return notes
+
+
+def _group_patients(records: list[Record]) -> tuple[list[Record], list[str]]:
+    """One group per patient whatever the letter case of its id (``person50`` and ``PERSON50`` are one patient,
+    so one privacy unit on one side of the split): each group takes the first spelling in sort order. Returns the
+    records and a note when spellings were merged."""
+    spellings: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        spellings[r.group.casefold()].add(r.group)
+    merged = {k: v for k, v in spellings.items() if len(v) > 1}
+    if not merged:
+        return records, []
+    first = {k: min(v) for k, v in merged.items()}
+    records = [replace(r, group=first.get(r.group.casefold(), r.group)) for r in records]
+    n = len(merged)
+    return records, [
+        f"{n} patient {'id is' if n == 1 else 'ids are'} spelt in more than one letter case "
+        f"({shown(' = '.join(sorted(v)) for v in merged.values())}): grouped as one patient each"
+    ]
+
+
 def read_chest_xray(archive: Archive) -> Inventory:
     """Records of a Kaggle or Mendeley chest X-ray archive.
 
     The images sit under ``<root>/<split>/<CLASS>/``. The Kaggle zip holds the same tree twice
     (``chest_xray/`` and ``chest_xray/chest_xray/``); the root with the most images is read (the outermost
-    one on a tie) and the others are reported in ``notes`` and skipped, so no image is counted twice. Any
-    other file in the split folders of the root that is read is refused (:func:`_refuse_strays`).
+    one on a tie), and every other tree is skipped, with a note, only when its images are the same files
+    (:func:`_check_other_trees`), so no image is counted twice and no different image is left out. Any
+    other file in the split folders of the tree that is read is refused (:func:`_refuse_strays`).
     """
     by_root = _chest_trees(archive)
     complete = {root: items for root, items in by_root.items() if {"train", "test"} <= {split for _, split, _ in items}}
@@ -125,13 +175,6 @@ def read_chest_xray(archive: Archive) -> Inventory:
         )
     root = min(complete, key=lambda r: (-len(complete[r]), r.count("/") if r else -1, r))
     _refuse_strays(archive, root)
-    notes = [
-        f"skipped duplicate tree '{other}/' ({len(items)} images)"
-        for other, items in sorted(by_root.items())
-        if other != root
-    ]
-    if archive.debris:
-        notes.append(f"skipped {len(archive.debris)} macOS metadata files (__MACOSX/, ._*, .DS_Store)")
     items = complete[root]
     counts = Counter((split, cls) for _, split, cls in items)
     for split in ("train", "test"):
@@ -139,11 +182,15 @@ def read_chest_xray(archive: Archive) -> Inventory:
             if counts[(split, cls)] == 0:
                 where = f"{root}/{split}/{cls}/" if root else f"{split}/{cls}/"
                 raise LayoutError(f"{archive.describe(where)}: class {cls} has no images in the {split} folder")
+    notes = _check_other_trees(archive, by_root, root)
+    if archive.debris:
+        notes.append(f"skipped {len(archive.debris)} macOS metadata files (__MACOSX/, ._*, .DS_Store)")
     records = [
         Record(source=m, label=CHEST_CLASSES.index(cls), group=chest_patient_id(m), origin=split)
         for m, split, cls in sorted(items)
     ]
-    return Inventory(records=records, classes=CHEST_CLASSES, notes=notes)
+    records, merged = _group_patients(records)
+    return Inventory(records=records, classes=CHEST_CLASSES, notes=notes + merged)
 
 
 # --------------------------------------------------------------------------------------------- APTOS 2019
@@ -173,14 +220,20 @@ def _aptos_rows(archive: Archive, csv_member: str) -> list[tuple[int, str, str]]
     except UnicodeDecodeError as exc:
         raise LayoutError(f"{archive.describe(csv_member)}: not a UTF-8 CSV file ({exc})") from exc
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or not {"id_code", "diagnosis"} <= set(reader.fieldnames):
+    try:
+        if reader.fieldnames is None or not {"id_code", "diagnosis"} <= set(reader.fieldnames):
+            raise LayoutError(
+                f"{archive.describe(csv_member)}: expected the columns id_code,diagnosis, found {reader.fieldnames}"
+            )
+        rows = [
+            (line, (row["id_code"] or "").strip(), (row["diagnosis"] or "").strip())
+            for line, row in enumerate(reader, start=2)
+        ]
+    except csv.Error as exc:
         raise LayoutError(
-            f"{archive.describe(csv_member)}: expected the columns id_code,diagnosis, found {reader.fieldnames}"
-        )
-    rows = [
-        (line, (row["id_code"] or "").strip(), (row["diagnosis"] or "").strip())
-        for line, row in enumerate(reader, start=2)
-    ]
+            f"{archive.describe(csv_member)} line {reader.line_num}: not a readable CSV row ({exc}); the file is "
+            f"damaged or not the competition's: download the archive again"
+        ) from None
     if not rows:
         raise LayoutError(
             f"{archive.describe(csv_member)}: the file has a header but no rows, so no image has a grade; "
@@ -190,12 +243,22 @@ def _aptos_rows(archive: Archive, csv_member: str) -> list[tuple[int, str, str]]
 
 
 def _aptos_images(archive: Archive, prefix: str) -> dict[str, str]:
-    """``{id_code: member}`` of the files in ``train_images/``; refuses two files with one id code."""
+    """``{id_code (case-folded): member}`` of the files in ``train_images/``; refuses two files with one id code
+    and any file that is not an image of the formats both datasets accept."""
     folder = f"{prefix}train_images/"
     by_id: dict[str, list[str]] = defaultdict(list)
+    strays = []
     for m in archive.members:
         if m.startswith(folder):
-            by_id[PurePosixPath(m).stem].append(m)
+            if PurePosixPath(m).suffix.lower() not in IMAGE_SUFFIXES:
+                strays.append(m)
+            by_id[PurePosixPath(m).stem.casefold()].append(m)
+    if strays:
+        raise LayoutError(
+            f"{archive.describe(folder)}: {len(strays)} {'file is' if len(strays) == 1 else 'files are'} not a "
+            f"{'/'.join(sorted(IMAGE_SUFFIXES))} image ({shown(strays)}); both datasets accept these formats only, "
+            f"and no file is left out silently: convert or delete them and run again"
+        )
     for id_code, members in sorted(by_id.items()):
         if len(members) > 1:
             raise LayoutError(
@@ -221,10 +284,12 @@ def read_aptos(archive: Archive) -> Inventory:
             raise LayoutError(
                 f"{archive.describe(csv_member)} line {line}: diagnosis {diagnosis!r} of {id_code!r} is not a grade 0-4"
             )
-        if id_code in seen:
-            raise LayoutError(f"{archive.describe(csv_member)} line {line}: id_code {id_code!r} appears twice")
-        seen.add(id_code)
-        member = images.get(id_code)
+        if id_code.casefold() in seen:
+            raise LayoutError(
+                f"{archive.describe(csv_member)} line {line}: id_code {id_code!r} appears twice (letter case aside)"
+            )
+        seen.add(id_code.casefold())
+        member = images.get(id_code.casefold())
         if member is None:
             raise LayoutError(
                 f"{archive.describe(csv_member)} line {line}: id_code {id_code!r} has no image "

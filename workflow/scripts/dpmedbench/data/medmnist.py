@@ -6,7 +6,10 @@ The addresses and MD5s below are those the ``medmnist`` package (3.0.2, ``medmni
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,11 +62,46 @@ TITLES = {"pneumoniamnist": "PneumoniaMNIST", "retinamnist": "RetinaMNIST"}
 CHANNELS = {"pneumoniamnist": 1, "retinamnist": 3}
 
 
+#: The largest array read from a MedMNIST file (1 GiB; the largest of the 224-pixel files, PneumoniaMNIST's
+#: training images, is 236 MB): a larger one is refused from the size the file declares, before it is read.
+MAX_ARRAY_BYTES = 1 << 30
+
+
+def _refuse_large_arrays(path: str) -> None:
+    """An ``.npz`` is a zip: refuse a member whose declared size is over :data:`MAX_ARRAY_BYTES` before any
+    byte of it is decompressed."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            large = [(i.filename, i.file_size) for i in zf.infolist() if i.file_size > MAX_ARRAY_BYTES]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise LayoutError(f"{path}: not a readable .npz file ({exc}); download it again") from None
+    if large:
+        name, size = large[0]
+        raise LayoutError(
+            f"{path}: array {name} declares {size:,} bytes, more than the {MAX_ARRAY_BYTES >> 30} GiB an array may "
+            f"be (no MedMNIST array comes near it); it is refused before it is read: download the file again"
+        )
+
+
+def _array(npz: Any, path: str, key: str) -> np.ndarray:
+    """One array of an open ``.npz``; a damaged one (bad CRC, cut short) or one of Python objects (which would need
+    pickle, never loaded) is a :class:`LayoutError` naming the file and the array."""
+    try:
+        return np.asarray(npz[key])
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise LayoutError(
+            f"{path}: array {key} cannot be read ({exc}); MedMNIST arrays are plain numbers, and the file is "
+            f"damaged or not MedMNIST's: download it again"
+        ) from None
+
+
 def load_npz(path: str, n_classes: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (images uint8 (N, H, W, C), labels int64 (N,))}`` from a MedMNIST ``.npz``; with ``n_classes``,
-    labels outside ``0..n_classes - 1`` are refused (:func:`load_dataset` checks more, and says more)."""
+    labels outside ``0..n_classes - 1`` are refused (:func:`load_dataset` checks more, and says more). Labels must
+    be stored as integers (a label 0.6 is not truncated to 0) and images must have at least one pixel."""
+    _refuse_large_arrays(path)
     try:
-        npz = np.load(path)
+        npz = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise LayoutError(f"{path}: not a readable .npz file ({exc})") from exc
     out = {}
@@ -72,7 +110,13 @@ def load_npz(path: str, n_classes: int | None = None) -> dict[str, tuple[np.ndar
             keys = (f"{split}_images", f"{split}_labels")
             if missing := [k for k in keys if k not in npz.files]:
                 raise LayoutError(f"{path}: not a MedMNIST file: missing {missing}; found {npz.files}")
-            images, labels = npz[keys[0]], npz[keys[1]].reshape(-1).astype(np.int64)
+            images, raw = _array(npz, path, keys[0]), _array(npz, path, keys[1])
+            if not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == np.bool_):
+                raise LayoutError(
+                    f"{path}: {keys[1]} are stored as {raw.dtype}, not integers; a class label must be a whole "
+                    f"number (none is rounded or truncated): download the file again"
+                )
+            labels = raw.reshape(-1).astype(np.int64)
             if images.ndim == 3:
                 images = images[..., None]
             if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
@@ -80,6 +124,8 @@ def load_npz(path: str, n_classes: int | None = None) -> dict[str, tuple[np.ndar
                     f"{path}: {keys[0]} must be uint8 (N, H, W[, C]) matching {keys[1]}; "
                     f"got {images.dtype} {images.shape} and {labels.shape}"
                 )
+            if 0 in images.shape[1:]:
+                raise LayoutError(f"{path}: {keys[0]} has shape {images.shape}: images without a pixel")
             if len(labels) and (labels.min() < 0 or (n_classes is not None and labels.max() >= n_classes)):
                 upper = "" if n_classes is None else f"..{n_classes - 1}"
                 raise LayoutError(f"{path}: {keys[1]} holds labels outside 0{upper}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import ChecksumError, LayoutError
-from ..core.fileio import atomic_outputs, json_text, read_json, source_digest
+from ..core.fileio import atomic_outputs, json_text, read_json, require_space, reserve, source_digest, writing
 from ..core.names import CHANNELS, SPLITS, is_medmnist
 from .archive import Archive
 from .decode import decode_members, event_notes, resize_array
@@ -46,6 +46,20 @@ def _write_manifest(path: Path, records: Sequence[Record], classes: Sequence[str
         writer.writerow(MANIFEST_COLUMNS)
         for i, r in enumerate(records):
             writer.writerow([i, r.source, r.label, classes[r.label], r.group, r.origin])
+
+
+#: A generous size of one manifest row, for the space needed before writing.
+_MANIFEST_ROW = 256
+
+
+def _npy_bytes(shape: tuple[int, ...]) -> int:
+    """Size of a uint8 ``.npy`` of ``shape``: its 128-byte header and the data."""
+    return 128 + int(np.prod(shape))
+
+
+def _needed(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Bytes the data stage writes for splits of these array shapes (arrays, manifests and info.json)."""
+    return sum(_npy_bytes(shape) + _MANIFEST_ROW * shape[0] for shape in shapes.values()) + (1 << 20)
 
 
 def _counts(records: Sequence[Record], classes: Sequence[str]) -> dict[str, int]:
@@ -141,7 +155,9 @@ def prepare_dataset(
             "read": read,
             "dpmedbench_version": __version__,
         }
-        tmp["info.json"].write_text(json_text(info))
+        text = json_text(info)
+        with writing(paths[-1], len(text.encode())):
+            tmp["info.json"].write_text(text)
     log.info("%s: wrote %s", dataset, ", ".join(str(p) for p in paths))
     return info
 
@@ -164,16 +180,21 @@ def _prepare_archive(
         for note in inventory.notes:
             log.info("%s: %s", dataset, note)
         splits = assign_splits(dataset, inventory, seed=seed, **split_settings)
+        shapes = {s: (len(splits[s]), image_size, image_size, CHANNELS[dataset]) for s in SPLITS}
+        require_space(tmp["info.json"].parent, _needed(shapes), f"{dataset}: the prepared arrays and manifests")
         events: dict[str, Counter[str]] = {}
         for split in SPLITS:
             records = sorted(splits[split], key=lambda r: r.source)
             log.info("%s/%s: %d images %s", dataset, split, len(records), _counts(records, inventory.classes))
-            shape = (len(records), image_size, image_size, CHANNELS[dataset])
-            arr = np.lib.format.open_memmap(tmp[f"{split}.npy"], mode="w+", dtype=np.uint8, shape=shape)
-            events[split] = decode_members(archive, [r.source for r in records], arr, mode=mode, threads=threads)
-            arr.flush()
-            del arr
-            _write_manifest(tmp[f"{split}.csv"], records, inventory.classes)
+            npy = tmp[f"{split}.npy"]
+            with writing(npy.parent / f"{split}.npy", _npy_bytes(shapes[split])):
+                arr = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=shapes[split])
+                reserve(npy, _npy_bytes(shapes[split]))  # a full disk now, not a SIGBUS while decoding
+                events[split] = decode_members(archive, [r.source for r in records], arr, mode=mode, threads=threads)
+                arr.flush()
+                del arr
+            with writing(npy.parent / f"{split}.csv", _MANIFEST_ROW * len(records)):
+                _write_manifest(tmp[f"{split}.csv"], records, inventory.classes)
             splits[split] = records
     notes = event_notes(events)
     for note in notes:
@@ -201,12 +222,15 @@ def _prepare_medmnist(
     for split in SPLITS:
         images, labels = data[split]
         arr = resize_array(images, size=image_size, channels=channels, mode=mode)
-        _save_npy(tmp[f"{split}.npy"], arr)
+        require_space(tmp[f"{split}.npy"].parent, arr.nbytes, f"{dataset}/{split}: the prepared array")
+        with writing(tmp[f"{split}.npy"].parent / f"{split}.npy", arr.nbytes):
+            _save_npy(tmp[f"{split}.npy"], arr)
         records = [
             Record(source=f"{name}:{split}_images[{i}]", label=int(lab), group=f"{split}-{i}", origin=split)
             for i, lab in enumerate(labels)
         ]
-        _write_manifest(tmp[f"{split}.csv"], records, meta.classes)
+        with writing(tmp[f"{split}.csv"].parent / f"{split}.csv", _MANIFEST_ROW * len(records)):
+            _write_manifest(tmp[f"{split}.csv"], records, meta.classes)
         counts[split] = _counts(records, meta.classes)
         log.info("%s/%s: %d images %s", dataset, split, len(records), counts[split])
     return {"classes": list(meta.classes), "counts": counts, "notes": [f"MedMNIST {meta.flag} official splits"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ChecksumError, ConfigError
-from ..core.fileio import source_digest, write_json
+from ..core.fileio import source_digest, tree_files, write_json
 from . import synth
 from .download import http_download
 from .kaggle import KAGGLE, kaggle_download
@@ -100,7 +100,7 @@ def fetch(*, dataset: str, settings: Mapping[str, Any], seed: int, out_json: str
     expected = settings.get("sha256")
     if expected and digest["sha256"] != expected:
         raise ChecksumError(f"{path}: SHA-256 is {digest['sha256']}, but datasets.{dataset}.sha256 expects {expected}")
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    size = sum(p.stat().st_size for p in tree_files(path)) if path.is_dir() else path.stat().st_size
     record = {
         "dataset": dataset,
         "source": source,
