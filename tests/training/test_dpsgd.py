@@ -302,3 +302,61 @@ def test_noisy_step_noises_an_empty_batch_and_keeps_the_update_in_grad():
     assert out == []
     grad = model[1].weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0  # noise of std 2 * 1 / 4 per coordinate
+
+
+# ------------------------------------------------------------------------------------- speed: precision, layout
+def _clipped_sums(model, x, y, clip, **kw):
+    """The clipped sums of a fresh 'bk' sampler on ``model`` (a sampler adds to what a parameter holds)."""
+    for q in model.parameters():
+        q.clipped_sum = None
+    BookKeeping(model, max_grad_norm=clip, **kw)(x, y)
+    return [q.clipped_sum.clone() for q in model.parameters()]
+
+
+def test_bf16_autocast_keeps_the_clipping_bound_in_float32():
+    """Under bfloat16 autocast (on the CPU too) the forward and backward passes run in bf16, but each example's
+    clipped gradient, computed from float32 copies of its records, stays within C to float32 precision, and the
+    clipped sums are float32."""
+    torch.manual_seed(3)
+    model = build_resnet18(num_classes=2, weights=None, norm="group")
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    clip = 1e-3  # far below every example's norm: every example is clipped, so each must land on C
+    seen = []
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    for i in range(len(x)):
+        sums = _clipped_sums(model, x[i : i + 1], y[i : i + 1], clip, autocast_dtype=torch.bfloat16)
+        assert all(s.dtype == torch.float32 for s in sums)
+        norm = torch.sqrt(sum((s.double() ** 2).sum() for s in sums)).item()
+        assert clip * (1 - 1e-4) < norm <= clip * (1 + 1e-5), norm / clip
+    assert seen and all(d == torch.bfloat16 for d in seen), "autocast must have run the convolutions in bf16"
+    # Each example's clipped gradient is that of plain autograd under the same autocast, clipped in float32 (bf16
+    # itself moves this random network's gradient by about 25 % from float32's, autograd and 'bk' alike).
+    for i in range(len(x)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            F.cross_entropy(model(x[i : i + 1]).float(), y[i : i + 1]).backward()
+        grad = torch.cat([q.grad.flatten() for q in model.parameters()])
+        want = grad * min(1.0, 1.0 / (grad.norm().item() + 1e-6))
+        got = torch.cat(
+            [s.flatten() for s in _clipped_sums(model, x[i : i + 1], y[i : i + 1], 1.0, autocast_dtype=torch.bfloat16)]
+        )
+        assert (got - want).norm() / want.norm() < 1e-2
+
+
+def test_other_modes_refuse_bf16_autocast():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"only 'bk' keeps them in float32 under autocast"):
+        make_grad_sampler(model, "ew", max_grad_norm=1.0, autocast_dtype=torch.bfloat16)
+
+
+def test_channels_last_changes_no_clipped_sum():
+    torch.manual_seed(4)
+    model = build_resnet18(num_classes=3, weights=None, norm="group").double()
+    x, y = torch.randn(5, 3, 24, 24, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    plain = _clipped_sums(model, x, y, 0.5)
+    model.to(memory_format=torch.channels_last)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = _clipped_sums(model, x.contiguous(memory_format=torch.channels_last), y, 0.5)
+    for a, b in zip(plain, nhwc, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)

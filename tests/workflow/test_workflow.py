@@ -352,6 +352,7 @@ def test_speed_only_settings_rerun_nothing(demo):
     changes = {
         ("", "device"): "cpu",
         ("model", "eval_batch"): 3,
+        ("model", "channels_last"): True,
         ("dpsgd", "max_physical_batch"): 2,
         ("ldp", "chunk_images"): 5,
     }
@@ -373,6 +374,20 @@ def test_speed_only_settings_rerun_nothing(demo):
         "tables": 1,
         "figures": 1,
     }
+
+
+def test_bf16_precision_reruns_every_cell_and_is_refused_beside_opacus_modes(demo):
+    """bf16 autocast changes the numbers, so it is a result setting: every cell retrains (and is re-evaluated)."""
+    every = _jobs(snakemake(demo, "-n", "--forceall", config=_demo_config(demo)))
+    config = _demo_config(demo)
+    config.setdefault("model", {})["precision"] = "bf16"
+    jobs = _jobs(snakemake(demo, "-n", config=config))
+    assert jobs["train"] == every["train"] and jobs["evaluate"] == every["evaluate"]
+    assert "prepare" not in jobs and "ldp_copy" not in jobs
+    config.setdefault("dpsgd", {})["grad_sample_mode"] = "ew"
+    refused = snakemake(demo, "-n", config=config, check=False)
+    assert refused.returncode != 0
+    assert "model.precision: 'bf16' with datasets.chest_xray.dpsgd.grad_sample_mode" in refused.stderr
 
 
 def test_the_calibrated_audit_adds_reference_models_and_retrains_no_cell(demo):

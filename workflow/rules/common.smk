@@ -36,6 +36,7 @@ from dpmedbench.core.noisekey import (
     key_id,
     load_key,
 )  # noqa: E402
+from dpmedbench.core.gpumem import gpu_memory_mb  # noqa: E402
 from dpmedbench.core.names import (  # noqa: E402
     CELL_DIR,
     LDP_MECHANISMS,
@@ -121,6 +122,7 @@ LANDING_CODE = script_digest(SCRIPTS / "landing.py")
 # changing them reruns nothing (SPEED_ONLY in dpmedbench/settings.py lists them).
 DEVICE = config["device"]
 EVAL_BATCH = config["model"]["eval_batch"]
+CHANNELS_LAST = config["model"]["channels_last"]
 DP_PHYSICAL_BATCH = config["dpsgd"]["max_physical_batch"]
 LDP_CHUNK_IMAGES = config["ldp"]["chunk_images"]
 # Reference models' training seeds: far from the cells' seeds, so no reference starts like a target.
@@ -131,6 +133,32 @@ WEIGHTS_DEFAULT = f"data/weights/{RESNET18_URL.rsplit('/', 1)[1]}"
 # Threads, memory and runtime in the rules are defaults; profiles/ sets them per machine. A training or evaluation
 # job asks for a GPU unless the config pins the CPU, so `--resources gpu=1` keeps two jobs off one GPU.
 GPU_REQUEST = 0 if config["device"] == "cpu" else 1
+
+
+def gpu_mem_mb(wildcards):
+    """GPU memory (MiB) a training job asks for, so `--resources gpu_mem_mb=<card>` packs cells onto one card
+    (dpmedbench/core/gpumem.py says where the figures come from); 0 when the config pins the CPU.
+    """
+    if not GPU_REQUEST:
+        return 0
+    kind = family(wildcards.mechanism)
+    crop = config["model"]["crop"]
+    if kind == "dpsgd":
+        dp = dpsgd_settings(config, wildcards.dataset)
+        return gpu_memory_mb(
+            kind,
+            crop=crop,
+            chunk=dp["max_physical_batch"],
+            grad_sample_mode=dp["grad_sample_mode"],
+        )
+    return gpu_memory_mb(kind, crop=crop, chunk=config["model"]["max_physical_batch"])
+
+
+def gpu_mem_mb_evaluate(wildcards):
+    """GPU memory (MiB) an evaluation job asks for (inference in batches of model.eval_batch)."""
+    if not GPU_REQUEST:
+        return 0
+    return gpu_memory_mb("evaluate", crop=config["model"]["crop"], chunk=EVAL_BATCH)
 
 
 wildcard_constraints:

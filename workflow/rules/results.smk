@@ -21,6 +21,7 @@ rule evaluate:
         mem_mb=8000,
         runtime=120,
         gpu=GPU_REQUEST,
+        gpu_mem_mb=gpu_mem_mb_evaluate,
         device=DEVICE,
         eval_batch=EVAL_BATCH,
     params:

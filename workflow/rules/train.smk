@@ -43,8 +43,10 @@ rule train:
         mem_mb=16000,
         runtime=720,
         gpu=GPU_REQUEST,
+        gpu_mem_mb=gpu_mem_mb,
         device=DEVICE,
         eval_batch=EVAL_BATCH,
+        channels_last=CHANNELS_LAST,
         dp_max_physical_batch=DP_PHYSICAL_BATCH,
         noise_key=NOISE_KEY,  # where the secret is read (its id is the param)
     params:
@@ -73,8 +75,10 @@ rule reference:
         mem_mb=16000,
         runtime=720,
         gpu=GPU_REQUEST,
+        gpu_mem_mb=gpu_mem_mb,
         device=DEVICE,
         eval_batch=EVAL_BATCH,
+        channels_last=CHANNELS_LAST,
         dp_max_physical_batch=DP_PHYSICAL_BATCH,
         noise_key=NOISE_KEY,  # where the secret is read (its id is the param)
     params:

@@ -6,6 +6,19 @@
     PYTHONPATH=workflow/scripts python -m dpmedbench.bench equivalence [--device cuda] [--size 224] [--batch 8]
     PYTHONPATH=workflow/scripts python -m dpmedbench.bench cell [--datasets chest_xray,aptos] [--epochs 2]
     PYTHONPATH=workflow/scripts python -m dpmedbench.bench memory [--size 256] [--workers 1,2,4,8]
+    PYTHONPATH=workflow/scripts python -m dpmedbench.bench grid [--card-mib 81920] [--epochs 50] [--json FILE]
+
+``dpsgd``, ``cell`` and ``grid`` take ``--json FILE``: a record of what was measured (``device``, ``date``,
+``commit``, ``torch``, the settings and the figures: ``dpsgd_step_ratio`` per mode, the median over interleaved
+rounds, with ``peak_memory_gib``; ``cell_seconds``; ``grid_minutes``), to keep under ``benchmarks/``.
+
+``tables [FOLDER]`` prints the README's table of every record in FOLDER (default ``benchmarks/``); the README
+holds them verbatim, and a test checks that it does.
+
+``grid`` trains the paper's 14 cells (per dataset: the non-private cell, three Local-DP cells that train like it,
+three DP-SGD cells) through the real training code on synthetic arrays of the real sizes, each in a fresh process,
+packed onto the device as the local profile packs them: as many at once as their declared GPU memory fits in
+``--card-mib`` (at most ``--parallel``); it prints each cell's seconds and the grid's wall time.
 
 ``memory`` writes the largest images the data stage accepts (a JPEG and a PNG of the pixel limit, each under the
 member size limit), decodes each in a fresh process as one prepare worker does, and prints the peak resident
@@ -45,6 +58,7 @@ import argparse
 from pathlib import Path
 
 from .data import bench_ldp, bench_memory, bench_resize, synthetic_images
+from .records import record, write_record
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     dp.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN pick its fastest algorithms")
     dp.add_argument("--profile", metavar="DIR", help="also write a torch.profiler table per mode into DIR")
+    dp.add_argument("--bf16", action="store_true", help="bfloat16 autocast (model.precision bf16), SGD too")
+    dp.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs, SGD too")
     eq = sub.add_parser("equivalence", help="noiseless DP-SGD updates of each mode vs a float64 per-example loop")
     eq.add_argument("--modes", default="bk,ew,hooks", help="grad_sample_modes to check (default bk,ew,hooks)")
     eq.add_argument("--size", type=int, default=224, help="image side (default 224)")
@@ -84,8 +100,23 @@ def _parser() -> argparse.ArgumentParser:
     mem = sub.add_parser("memory", help="peak memory of one prepare worker on the largest images accepted")
     mem.add_argument("--size", type=int, default=256, help="output side in pixels (default 256)")
     mem.add_argument("--workers", default="1,2,4,8", help="worker counts to print the bound for (default 1,2,4,8)")
-    for command in (dp, eq, cell):
+    grid = sub.add_parser("grid", help="wall time of the paper's grid, cells packed onto one device")
+    grid.add_argument("--datasets", default="chest_xray,aptos", help="datasets (default chest_xray,aptos)")
+    grid.add_argument("--epochs", type=int, default=50, help="epochs per cell (default 50, the paper's)")
+    grid.add_argument("--scale", type=float, default=1.0, help="fraction of the real image counts (default 1)")
+    grid.add_argument("--size", type=int, default=256, help="stored image side (default 256)")
+    grid.add_argument("--crop", type=int, default=224, help="model input side (default 224)")
+    grid.add_argument("--threads", type=int, default=4, help="CPU threads per cell (default 4, as the train rule)")
+    grid.add_argument("--batch", type=int, default=128, help="logical batch size (default 128)")
+    grid.add_argument("--dp-chunk", type=int, default=32, help="DP-SGD physical chunk (default 32)")
+    grid.add_argument("--card-mib", type=int, default=81920, help="GPU memory to pack into (default 81920)")
+    grid.add_argument("--parallel", type=int, default=14, help="most cells at once (default 14: all)")
+    tables = sub.add_parser("tables", help="the README's tables of the benchmark records in a folder")
+    tables.add_argument("folder", nargs="?", default="benchmarks", help="folder of records (default benchmarks)")
+    for command in (dp, eq, cell, grid):
         command.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    for command in (dp, cell, grid):
+        command.add_argument("--json", metavar="FILE", help="also write the figures as a benchmark record")
     return parser
 
 
@@ -98,7 +129,7 @@ def _run_dpsgd(args: argparse.Namespace) -> None:
         f"median and range over rounds of mode / SGD of the same round; peak: the largest over rounds"
     )
     print(f"{'mode':<10} {'device':<8} {'step ms':>10} {'vs SGD':>9} {'range':>11} {'peak GiB':>10} {'extra GiB':>10}")
-    bench_dpsgd(
+    rows = bench_dpsgd(
         size=args.size,
         batch=args.batch,
         modes=args.modes.split(","),
@@ -108,6 +139,24 @@ def _run_dpsgd(args: argparse.Namespace) -> None:
         rounds=args.rounds,
         cudnn_benchmark=args.cudnn_benchmark,
         profile_dir=args.profile,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+    )
+    keys = ("size", "batch", "modes", "steps", "rounds", "threads", "cudnn_benchmark", "bf16", "channels_last")
+    settings = {k: getattr(args, k) for k in keys}
+    modes = [m for m in rows if m != "sgd"]
+    write_record(
+        args.json,
+        record(
+            "dpsgd",
+            args.device,
+            settings,
+            dpsgd_step_ratio={m: rows[m]["ratio"] for m in modes},
+            dpsgd_step_ratio_range={m: [rows[m]["ratio_low"], rows[m]["ratio_high"]] for m in modes},
+            step_ms={m: rows[m]["seconds"] * 1e3 for m in rows},
+            peak_memory_gib={m: rows[m]["peak_bytes"] / 2**30 for m in rows},
+            rounds={m: rows[m]["rounds"] for m in rows},
+        ),
     )
 
 
@@ -136,7 +185,7 @@ def _run_cell(args: argparse.Namespace) -> None:
         f"{'dataset':<11} {'cell':<10} {'device':<7} {'train':>6} {'epoch 1 s':>9} {'epoch s':>9} {'img/s':>9} "
         f"{'50 ep min':>10}"
     )
-    bench_cell(
+    results = bench_cell(
         datasets=args.datasets.split(","),
         epochs=args.epochs,
         scale=args.scale,
@@ -147,6 +196,43 @@ def _run_cell(args: argparse.Namespace) -> None:
         dp_chunks=[int(c) for c in args.dp_chunks.split(",") if c],
         batch=args.batch,
     )
+    keys = ("datasets", "epochs", "scale", "size", "crop", "threads", "batch", "dp_chunks")
+    cell_seconds = {d: {k: v for k, v in r.items() if k != "grid_seconds"} for d, r in results.items()}
+    sequential = sum(r.get("grid_seconds", 0.0) for r in results.values()) / 60
+    write_record(
+        args.json,
+        record(
+            "cell",
+            args.device,
+            {k: getattr(args, k) for k in keys},
+            cell_seconds=cell_seconds,
+            grid_minutes_sequential=sequential,
+        ),
+    )
+
+
+def _run_grid(args: argparse.Namespace) -> None:
+    from .cells import bench_grid
+
+    print(
+        f"the paper's grid through the real training code, synthetic arrays of the real sizes x {args.scale}, "
+        f"{args.epochs} epochs per cell, packed into {args.card_mib} MiB (at most {args.parallel} at once)"
+    )
+    figures = bench_grid(
+        datasets=args.datasets.split(","),
+        epochs=args.epochs,
+        scale=args.scale,
+        size=args.size,
+        crop=args.crop,
+        device=args.device,
+        threads=args.threads,
+        dp_chunk=args.dp_chunk,
+        card_mib=args.card_mib,
+        parallel=args.parallel,
+        batch=args.batch,
+    )
+    keys = ("datasets", "epochs", "scale", "size", "crop", "threads", "batch", "dp_chunk", "card_mib", "parallel")
+    write_record(args.json, record("grid", args.device, {k: getattr(args, k) for k in keys}, **figures))
 
 
 def _run_ldp(args: argparse.Namespace) -> None:
@@ -195,7 +281,16 @@ def _run_memory(args: argparse.Namespace) -> None:
         bench_memory(size=args.size, workers=workers, folder=Path(folder))
 
 
+def _run_tables(args: argparse.Namespace) -> None:
+    from .records import render_folder
+
+    for name, text in render_folder(args.folder).items():
+        print(f"<!-- {args.folder}/{name} -->\n{text}\n")
+
+
 COMMANDS = {
+    "tables": _run_tables,
+    "grid": _run_grid,
     "memory": _run_memory,
     "resize": _run_resize,
     "ldp": _run_ldp,

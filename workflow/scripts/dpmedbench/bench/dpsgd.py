@@ -28,18 +28,24 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _step_function(mode: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One training step of ``mode`` ("sgd" or a grad_sample_mode) on the batch (x, y), noise multiplier 1."""
+def _step_function(
+    mode: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = False
+) -> Callable[[], None]:
+    """One training step of ``mode`` ("sgd" or a grad_sample_mode) on the batch (x, y), noise multiplier 1;
+    ``bf16``: bfloat16 autocast of the forward pass (DP-SGD: its norms and clipping stay float32)."""
     if mode == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
         def sgd_step() -> None:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
             opt.step()
 
         return sgd_step
-    _, sample = make_grad_sampler(model, mode, max_grad_norm=1.0)  # type: ignore[arg-type]
+    autocast = torch.bfloat16 if bf16 else None
+    _, sample = make_grad_sampler(model, mode, max_grad_norm=1.0, autocast_dtype=autocast)  # type: ignore[arg-type]
     dp_opt = make_optimizer(
         model,
         lr=0.01,
@@ -68,6 +74,8 @@ def _dp_step_worker(
     device: str,
     cudnn_benchmark: bool = False,
     profile_dir: str | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One process: median step time and peak memory of ``mode`` ("sgd" or a grad_sample_mode); with
     ``profile_dir``, also a torch.profiler table of three more steps in ``<profile_dir>/<mode>.txt``."""
@@ -77,7 +85,10 @@ def _dp_step_worker(
     torch.manual_seed(0)
     model = build_resnet18(num_classes=2, weights=None, norm="group").to(dev)
     x, y = torch.randn(batch, 3, size, size, device=dev), torch.randint(0, 2, (batch,), device=dev)
-    step = _step_function(mode, model, x, y)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    step = _step_function(mode, model, x, y, bf16=bf16)
     step()  # warm-up
     _sync(dev)
     if dev.type == "cuda":
@@ -141,6 +152,8 @@ def bench_dpsgd(
     rounds: int = 3,
     cudnn_benchmark: bool = False,
     profile_dir: str | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Step time of each DP mode against non-private SGD, measured interleaved: ``rounds`` rounds, each running
     SGD and then every mode, one fresh process each, so machine noise falls on both sides of a ratio alike.
@@ -152,7 +165,9 @@ def bench_dpsgd(
         for mode in ["sgd", *modes]:
             profile = profile_dir if r == rounds - 1 else None
             one = _step_process(
-                mode, f"{size}, {batch}, {steps}, {threads}, {device!r}, {cudnn_benchmark}, {profile!r}"
+                mode,
+                f"{size}, {batch}, {steps}, {threads}, {device!r}, {cudnn_benchmark}, {profile!r}, {bf16}, "
+                f"{channels_last}",
             )
             if isinstance(one, str):
                 print(f"  round {r + 1} {mode:<8} failed: {one}", flush=True)

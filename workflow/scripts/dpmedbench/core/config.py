@@ -178,6 +178,13 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             )
         if ds["enabled"] and "dpsgd" in config["mechanisms"]:
             _check_privacy_unit(name, ds, dpsgd_settings(config, name))
+            mode = dpsgd_settings(config, name)["grad_sample_mode"]
+            if config["model"]["precision"] == "bf16" and mode != "bk":
+                raise ConfigError(
+                    f"invalid configuration:\n  model.precision: 'bf16' with datasets.{name}.dpsgd.grad_sample_mode / "
+                    f"dpsgd.grad_sample_mode {mode!r}: only 'bk' keeps the per-example norms and clipping in float32 "
+                    f"under autocast; use 'bk' or precision 'float32'"
+                )
         if ds["enabled"] and "ldp" in config["mechanisms"] and "dp_pix" in ldp_mechanisms(config, name):
             block = ds["ldp"]["block"]
             if config["image_size"] % block:

@@ -15,6 +15,7 @@ from typing import Any
 SPEED_ONLY = (
     ("", "device"),
     ("model", "eval_batch"),
+    ("model", "channels_last"),
     ("dpsgd", "max_physical_batch"),
     ("ldp", "chunk_images"),
 )
@@ -51,6 +52,8 @@ class CellConfig:
     pretrained: bool = True
     device: str = "auto"  # where it runs: not a result setting
     eval_batch: int = 256  # speed and memory only
+    channels_last: bool = False  # speed and memory only
+    precision: str = "float32"  # float32 | bf16 (autocast of the training passes; DP-SGD clips in float32)
     max_physical_batch: int = 128  # chunks of a non-private batch: BatchNorm's statistics depend on it
     canaries: int = 0  # the one-run audit's canaries (evaluation.canaries; DP-SGD cells)
     dpsgd: DPSettings = field(default_factory=DPSettings)
@@ -61,8 +64,8 @@ def execution_settings(resources: Any) -> dict[str, object]:
     where the workflow puts them so that changing them reruns nothing.
 
     >>> from types import SimpleNamespace
-    >>> execution_settings(SimpleNamespace(device="cpu", eval_batch=8, dp_max_physical_batch=2))
-    {'device': 'cpu', 'eval_batch': 8, 'dp_max_physical_batch': 2}
+    >>> execution_settings(SimpleNamespace(device="cpu", eval_batch=8, dp_max_physical_batch=2, channels_last=False))
+    {'device': 'cpu', 'eval_batch': 8, 'dp_max_physical_batch': 2, 'channels_last': False}
     """
-    keys = ("device", "eval_batch", "dp_max_physical_batch")
+    keys = ("device", "eval_batch", "dp_max_physical_batch", "channels_last")
     return {key: getattr(resources, key) for key in keys}

@@ -134,7 +134,14 @@ class Plan:
         return "batch"
 
     def describe(self) -> str:
-        return f"{self.mechanism}: batches of {self.config.batch_size}, shuffled"
+        return f"{self.mechanism}: batches of {self.config.batch_size}, shuffled{self._precision_note()}"
+
+    def _precision_note(self) -> str:
+        return ", bf16 autocast" if self.config.precision == "bf16" else ""
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        """The arithmetic of the training forward pass (``model.precision``): bfloat16 autocast, or none."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def attach(self, model: nn.Module) -> None:
         """Build the optimiser for ``model`` (already on its device)."""
@@ -153,8 +160,9 @@ class Plan:
         self.optimizer.zero_grad(set_to_none=True)
         for chunk in batch.split(self.config.max_physical_batch):
             x, y = fetch(chunk)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y, reduction="sum")
+            with self.autocast(x.device):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, reduction="sum")
             (loss / len(batch)).backward()
             stats.add(loss, logits, y)
         self.optimizer.step()
@@ -218,7 +226,10 @@ class LocalDPPlan(Plan):
             )
 
     def describe(self) -> str:
-        return f"ldp: {self.copy_record.mechanism} copy, batches of {self.config.batch_size}, shuffled"
+        return (
+            f"ldp: {self.copy_record.mechanism} copy, batches of {self.config.batch_size}, shuffled"
+            f"{self._precision_note()}"
+        )
 
     def privacy(self) -> PrivacyRecord:
         outside = {**self.copy_record.details.get("outside_guarantee", {}), **CLEAN_CELL_OUTPUTS}

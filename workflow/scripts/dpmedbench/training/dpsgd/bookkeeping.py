@@ -172,6 +172,11 @@ register_layer_rule(nn.Conv2d, LayerRule(_conv_norms, _conv_sums, _conv_check))
 
 
 # ----------------------------------------------------------------------------------------------------- sampler
+def module_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's parameters: what its per-example norms and clipped sums are computed in."""
+    return next(p.dtype for p in model.parameters())
+
+
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
     """Full float32 for CUDA matrix products and cuDNN convolutions (restored after). PyTorch lets cuDNN use
@@ -193,9 +198,10 @@ class BookKeeping:
     ``Linear``, ``GroupNorm``; ``FrozenBatchNorm2d`` has no trainable parameters). Other models are refused.
     """
 
-    def __init__(self, model: nn.Module, *, max_grad_norm: float) -> None:
+    def __init__(self, model: nn.Module, *, max_grad_norm: float, autocast_dtype: torch.dtype | None = None) -> None:
         self.model = model
         self.max_grad_norm = float(max_grad_norm)
+        self.autocast_dtype = autocast_dtype  # forward and backward only: norms and clipped sums are float32
         self.layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
         self.rules = {m: rule_for(m) for m in self.layers}
         for m, rule in self.rules.items():
@@ -219,10 +225,13 @@ class BookKeeping:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, losses = self._backward(x, y)
-        with no_tf32():
-            norms2 = torch.zeros(len(x), dtype=logits.dtype, device=logits.device)
+        dtype = module_dtype(self.model)  # float32 (float64 in tests), whatever autocast computed in
+        with no_tf32(), torch.autocast(x.device.type, enabled=False):
+            norms2 = torch.zeros(len(x), dtype=dtype, device=logits.device)
             reused = []
-            for module, a, g in self._records:
+            records = [(m, a.to(dtype), None if g is None else g.to(dtype)) for m, a, g in self._records]
+            self._records = records
+            for module, a, g in records:
                 if g is None:
                     raise RuntimeError(f"no output gradient reached {module}: is it used in the forward pass?")
                 piece, n2 = self.rules[module].norms(module, a, g)
@@ -245,8 +254,13 @@ class BookKeeping:
         try:
             for p in params:  # input gradients only: the weight gradients come clipped, from the records
                 p.requires_grad_(False)
-            logits = self.model(x.detach())
-            losses = F.cross_entropy(logits, y, reduction="none")
+            with torch.autocast(
+                x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=self.autocast_dtype is not None
+            ):
+                logits = self.model(x.detach())
+                if self.autocast_dtype is not None:
+                    logits = logits.float()  # the loss in float32, as autocast computes it anyway
+                losses = F.cross_entropy(logits, y, reduction="none")
             losses.sum().backward()
         finally:
             self._active = False

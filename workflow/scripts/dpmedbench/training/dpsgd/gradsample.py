@@ -44,17 +44,27 @@ def validate_for_dp(model: nn.Module) -> None:
 
 
 def make_grad_sampler(
-    model: nn.Module, mode: GradSampleMode, *, max_grad_norm: float | None = None
+    model: nn.Module,
+    mode: GradSampleMode,
+    *,
+    max_grad_norm: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[nn.Module, GradSampler]:
     """The module to call for forward passes and a function that computes per-example gradients (``bk``: the
-    clipped sum of them, which needs ``max_grad_norm``).
+    clipped sum of them, which needs ``max_grad_norm``). ``autocast_dtype`` (``bk`` only): the autocast dtype of
+    the forward and backward passes; norms and clipping stay in float32.
 
     For Opacus modes the returned module is Opacus's wrapper; for ``vmap`` and ``bk`` it is ``model`` itself.
     """
     if mode == "bk":
         if max_grad_norm is None:
             raise ValueError("grad_sample_mode 'bk' clips while it differentiates: it needs max_grad_norm")
-        return model, BookKeeping(model, max_grad_norm=max_grad_norm)
+        return model, BookKeeping(model, max_grad_norm=max_grad_norm, autocast_dtype=autocast_dtype)
+    if autocast_dtype is not None:
+        raise ValueError(
+            f"grad_sample_mode {mode!r} computes per-example gradients and their norms in the autocast dtype; "
+            f"only 'bk' keeps them in float32 under autocast: use 'bk' or precision float32"
+        )
     if mode == "vmap":
         from torch.func import functional_call, grad, vmap
 

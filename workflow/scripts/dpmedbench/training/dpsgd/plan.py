@@ -47,6 +47,11 @@ class DPSGDPlan(Plan):
                 "dpsgd.privacy_unit 'patient' clips each patient's summed gradient; 'bk' clips per image and cannot "
                 "(the ghost norm of a sum needs the cross terms between its images): use 'ew', 'hooks' or 'vmap'"
             )
+        if config.precision == "bf16" and self.dp.grad_sample_mode != "bk":
+            raise TrainingError(
+                f"model.precision 'bf16' with grad_sample_mode {self.dp.grad_sample_mode!r}: only 'bk' keeps the "
+                f"per-example norms and clipping in float32 under autocast; use 'bk' or precision 'float32'"
+            )
         if self.dp.noise_source == "keyed" and streams.key is None:
             raise NoiseKeyError("dpsgd.noise_source 'keyed' needs the noise key (noise_key), and none was given")
         self.q, self.steps_per_epoch = self.batches.q, self.batches.steps_per_epoch
@@ -71,6 +76,7 @@ class DPSGDPlan(Plan):
             f"dpsgd: unit {self.dp.privacy_unit}, q={self.q:.5f}, {self.steps_per_epoch * self.config.epochs} steps, "
             f"sigma={self.sigma:.4f} ({target} at delta {self.dp.delta:g}, {self.dp.accountant} accountant), clip "
             f"{self.dp.max_grad_norm:g}, {self.dp.grad_sample_mode} per-example gradients, {self.dp.noise_source} noise"
+            f"{self._precision_note()}"
         )
 
     def attach(self, model: nn.Module) -> None:
@@ -80,6 +86,7 @@ class DPSGDPlan(Plan):
             model,
             self.dp.grad_sample_mode,  # type: ignore[arg-type]
             max_grad_norm=self.dp.max_grad_norm,
+            autocast_dtype=torch.bfloat16 if self.config.precision == "bf16" else None,
         )
         self.noise = torch.Generator(device=next(model.parameters()).device)
         c = self.config
