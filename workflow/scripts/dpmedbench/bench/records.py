@@ -38,7 +38,9 @@ def commit() -> str | None:
     """The commit the benchmark ran from, with ``+dirty`` when the work tree had changes; None outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        dirty = subprocess.run(  # changes to tracked files (a record being written is not one)
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
@@ -70,7 +72,8 @@ def write_record(path: str | os.PathLike[str] | None, data: dict[str, Any]) -> N
 
 def _heading(rec: dict[str, Any]) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in rec["settings"].items())
-    commit_text = (rec.get("commit") or "no commit")[:12]
+    commit_text = rec.get("commit") or "no commit"
+    commit_text = commit_text[:12] + ("+dirty" if commit_text.endswith("+dirty") else "")
     return f"*{rec['device']}, {rec['date']}, torch {rec['torch']}, commit {commit_text}; {settings}.*"
 
 
