@@ -377,17 +377,18 @@ def test_speed_only_settings_rerun_nothing(demo):
 
 
 def test_bf16_precision_reruns_every_cell_and_is_refused_beside_opacus_modes(demo):
-    """bf16 autocast changes the numbers, so it is a result setting: every cell retrains (and is re-evaluated)."""
+    """bf16 autocast changes the numbers, so it is a result setting: every cell retrains (and is re-evaluated).
+    The demo's chest X-ray DP-SGD cells clip per patient with 'ew', which bf16 is refused beside."""
     every = _jobs(snakemake(demo, "-n", "--forceall", config=_demo_config(demo)))
     config = _demo_config(demo)
     config.setdefault("model", {})["precision"] = "bf16"
+    refused = snakemake(demo, "-n", config=config, check=False)
+    assert refused.returncode != 0
+    assert "model.precision: 'bf16' with datasets.chest_xray.dpsgd.grad_sample_mode" in refused.stdout + refused.stderr
+    config["datasets"]["chest_xray"].pop("dpsgd")  # image-level 'bk': bf16 allowed
     jobs = _jobs(snakemake(demo, "-n", config=config))
     assert jobs["train"] == every["train"] and jobs["evaluate"] == every["evaluate"]
     assert "prepare" not in jobs and "ldp_copy" not in jobs
-    config.setdefault("dpsgd", {})["grad_sample_mode"] = "ew"
-    refused = snakemake(demo, "-n", config=config, check=False)
-    assert refused.returncode != 0
-    assert "model.precision: 'bf16' with datasets.chest_xray.dpsgd.grad_sample_mode" in refused.stderr
 
 
 def test_the_calibrated_audit_adds_reference_models_and_retrains_no_cell(demo):
