@@ -166,6 +166,20 @@ def test_archive_paths_are_expanded_checked_and_only_taken_with_source_local(tmp
         validate_config({"datasets": {"aptos": {"archive": str(tmp_path / "chest.zip")}}})
 
 
+def test_a_folder_archive_with_a_link_out_of_it_is_refused_before_any_job(tmp_path):
+    """The Snakefile checks this at start-up: a ConfigError it prints in one line, not a traceback from a job's
+    input function."""
+    from dpmedbench.core.config import check_local_archives
+
+    folder = tmp_path / "aptos"
+    (folder / "train_images").mkdir(parents=True)
+    (tmp_path / "elsewhere.png").write_bytes(b"x")
+    (folder / "train_images" / "a.png").symlink_to(tmp_path / "elsewhere.png")
+    cfg = validate_config({"datasets": {"aptos": {"source": "local", "archive": str(folder)}}})
+    with pytest.raises(ConfigError, match=r"datasets.aptos.archive: .*a.png: a symbolic link that points outside"):
+        check_local_archives(cfg)
+
+
 def test_one_canary_is_refused_with_its_key():
     with pytest.raises(ConfigError, match=r"datasets.aptos.evaluation.canaries: 1 canary cannot be audited"):
         validate_config({"datasets": {"aptos": {"evaluation": {"canaries": 1}}}})

@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, LayoutError
+from .fileio import tree_files
 from .names import LDP_MECHANISMS
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "config.schema.yaml"
@@ -148,6 +149,11 @@ def check_local_archives(config: Mapping[str, Any]) -> None:
                 f"invalid configuration:\n  datasets.{name}.archive: {ds['archive']} does not exist; give the path "
                 f"of the downloaded zip (or .npz) or of the folder it was extracted to"
             )
+        if ds["source"] == "local" and Path(ds["archive"]).is_dir():
+            try:  # a link out of the folder or a FIFO, said before any job (the digest walks the folder too)
+                tree_files(ds["archive"])
+            except LayoutError as exc:
+                raise ConfigError(f"invalid configuration:\n  datasets.{name}.archive: {exc}") from None
 
 
 def _check_semantics(config: Mapping[str, Any]) -> None:
